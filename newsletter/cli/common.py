@@ -1,0 +1,179 @@
+"""What every command group shares: the App context, output formatting, errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import db
+from newsletter.config import Settings, load_settings
+from newsletter.errors import NewsletterError
+
+F = TypeVar("F", bound=Callable[..., Any])
+FORMATS = ("table", "json", "csv")
+
+
+@dataclass
+class App:
+    """Per-invocation state: settings (loaded once) and a lazily created engine."""
+
+    config_path: str | None
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path)
+            configure_logging(self._settings.service.log_level)
+        return self._settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        return db.make_engine(self.settings.database_url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        db.check_schema(self.engine)
+        return db.session_factory(self.engine)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One session in one transaction (commit on success, rollback on error)."""
+        with db.transaction(self.sessions) as session:
+            yield session
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr: rich on a terminal, plain timestamped lines otherwise."""
+    root = logging.getLogger()
+    if getattr(root, "_newsletter_configured", False):
+        root.setLevel(level)
+        return
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=Console(stderr=True), show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root._newsletter_configured = True  # type: ignore[attr-defined]
+    for noisy in ("alembic", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
+    """The --format option shared by listing commands."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices or FORMATS),
+        default=default,
+        show_default=True,
+        help="Output format.",
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def emit_rows(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    fmt: str,
+    *,
+    title: str | None = None,
+    out: io.TextIOBase | None = None,
+) -> None:
+    """Print rows as a rich table, a JSON array or CSV (formula-safe) on stdout."""
+    plain = [{c: _plain(r.get(c)) for c in columns} for r in rows]
+    if fmt == "json":
+        click.echo(json.dumps(plain, indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        buf = io.StringIO()
+        write_csv(buf, columns, plain)
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        table = Table(title=title, show_lines=False)
+        for c in columns:
+            table.add_column(c.replace("_", " "))
+        for r in plain:
+            table.add_row(*("" if r[c] is None else str(r[c]) for c in columns))
+        Console(soft_wrap=False).print(table)
+
+
+def safe_cell(value: Any) -> Any:
+    """Neutralise spreadsheet formula injection: prefix = + - @ (and tab/CR) with '."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def write_csv(stream: Any, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Write rows as CSV with a header, every cell made formula-safe."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([safe_cell(_plain(r.get(c))) for c in columns])
+
+
+def parse_date(value: str | None) -> date | None:
+    """Parse YYYY-MM-DD or raise a click error naming the bad value."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (use YYYY-MM-DD)") from None
+
+
+class UserError(click.ClickException):
+    """A NewsletterError shown as one line with its own exit code."""
+
+    def __init__(self, err: NewsletterError) -> None:
+        super().__init__(str(err))
+        self.exit_code = err.exit_code
+
+
+class Group(click.Group):
+    """A click group that turns NewsletterError into a one-line error and exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NewsletterError as err:
+            raise UserError(err) from None

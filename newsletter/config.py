@@ -1,0 +1,332 @@
+"""Typed settings: config.toml, overridden by NEWSLETTER_* environment variables.
+
+Settings are built once by the entry point (CLI, scheduler) with :func:`load_settings`
+and passed down; there is no module-level instance, so tests build their own.
+
+Precedence, highest first: environment (``NEWSLETTER_<SECTION>__<KEY>``), then the
+TOML file, then the defaults below. Secrets (token-signing key, API keys, SMTP
+password, DKIM key) are read from the environment only.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from newsletter.errors import ConfigError
+
+ENV_PREFIX = "NEWSLETTER_"
+DEFAULT_CONFIG = Path("config.toml")
+DEV_SECRET = "development-only-secret-do-not-use-in-production"
+SECRET_FIELDS = ("secret_key", "sendgrid_api_key", "smtp_password", "dkim_private_key")
+PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "xxx", "todo", "placeholder"}
+MIN_SECRET_LENGTH = 16
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_email(value: str) -> str:
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"invalid email address {value!r}: {exc}") from None
+
+
+class ServiceSettings(_Section):
+    """Who the service is and how it runs."""
+
+    name: str = "The Daily Briefing"
+    environment: Literal["development", "production"] = "development"
+    templates_dir: str = "templates"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class SenderSettings(_Section):
+    """The From identity and the footer every message carries."""
+
+    from_name: str = "The Daily Briefing"
+    from_address: str = "briefing@news.example.com"
+    reply_to: str | None = None
+    postal_address: str = "1 Newsroom Way, Springfield"
+    unsubscribe_mailto: str | None = None
+    list_id: str | None = None
+
+    _emails = field_validator("from_address", "reply_to", "unsubscribe_mailto")(
+        lambda v: None if v is None else _check_email(v)
+    )
+
+    @property
+    def domain(self) -> str:
+        return self.from_address.rsplit("@", 1)[1]
+
+    @property
+    def unsubscribe_address(self) -> str:
+        return self.unsubscribe_mailto or f"unsubscribe@{self.domain}"
+
+
+class SiteSettings(_Section):
+    """The public web site that links in emails point at (always absolute)."""
+
+    base_url: str = "https://news.example.com"
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError("must be an absolute http(s) URL")
+        return v.rstrip("/")
+
+
+class DatabaseSettings(_Section):
+    """SQLAlchemy URL; a relative SQLite path is relative to the config file."""
+
+    url: str = "sqlite:///var/newsletter.db"
+
+
+class SendGridSettings(_Section):
+    api_base_url: str = "https://api.sendgrid.com"
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class SMTPSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    pool_size: int = Field(default=4, ge=1, le=64)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    return_path: str | None = None
+    verp: bool = False
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+
+class DeliverySettings(_Section):
+    """Which provider carries mail, and how the ledger hands it out."""
+
+    provider: Literal["outbox", "sendgrid", "smtp"] = "outbox"
+    secondary_provider: Literal["outbox", "sendgrid", "smtp"] | None = None
+    failover_after: int = Field(default=5, ge=1)
+    outbox_dir: str = "var/outbox"
+    batch_size: int = Field(default=1000, ge=1, le=1000)
+    lease_seconds: int = Field(default=300, ge=5)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_seconds: float = Field(default=2.0, ge=0)
+    rate_per_second: float | None = Field(default=None, gt=0)
+    uncertain: Literal["skip", "resend"] = "skip"
+    sendgrid: SendGridSettings = SendGridSettings()
+    smtp: SMTPSettings = SMTPSettings()
+
+
+class NewsletterSettings(_Section):
+    """One newsletter: where its stories come from, when and how it goes out."""
+
+    name: str
+    description: str = ""
+    feeds: list[str] = []
+    schedule: str = "30 6 * * *"
+    timezone: str = "UTC"
+    max_stories: int = Field(default=8, ge=1, le=30)
+    freshness_hours: int = Field(default=24, ge=1)
+    subject: str = "{{ newsletter.name }}: {{ lead.title }}"
+    template: str = "briefing"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {v!r}") from None
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v)
+        except ValueError as exc:
+            raise ValueError(f"invalid cron expression {v!r}: {exc}") from None
+        return v
+
+
+def _default_newsletters() -> dict[str, NewsletterSettings]:
+    return {
+        "daily-briefing": NewsletterSettings(name="The Daily Briefing"),
+    }
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    service: ServiceSettings = ServiceSettings()
+    sender: SenderSettings = SenderSettings()
+    site: SiteSettings = SiteSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    newsletters: dict[str, NewsletterSettings] = Field(default_factory=_default_newsletters)
+
+    # Secrets: environment only (NEWSLETTER_SECRET_KEY, ...).
+    secret_key: SecretStr | None = None
+    sendgrid_api_key: SecretStr | None = None
+    smtp_password: SecretStr | None = None
+    dkim_private_key: SecretStr | None = None
+
+    # Where the config file lives; relative paths in settings resolve against it.
+    base_dir: Path = Path(".")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @field_validator("newsletters")
+    @classmethod
+    def _slugs(cls, v: dict[str, NewsletterSettings]) -> dict[str, NewsletterSettings]:
+        if not v:
+            raise ValueError("at least one newsletter must be configured")
+        for slug in v:
+            if not slug.replace("-", "").replace("_", "").isalnum() or slug != slug.lower():
+                raise ValueError(f"newsletter slug {slug!r} must be lower-case letters, digits, -")
+        return v
+
+    # ----- derived values -------------------------------------------------
+
+    @property
+    def dev_mode(self) -> bool:
+        return self.service.environment == "development"
+
+    def path(self, value: str | Path) -> Path:
+        """Resolve a path setting relative to the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path made absolute."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix) :]
+            if rest and rest != ":memory:" and not rest.startswith("file:"):
+                return prefix + str(self.path(rest).resolve())
+        return url
+
+    @property
+    def templates_path(self) -> Path:
+        return self.path(self.service.templates_dir)
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.path(self.delivery.outbox_dir)
+
+    @property
+    def signing_key(self) -> str:
+        """The token-signing secret (validated by :func:`load_settings`)."""
+        return self.secret_key.get_secret_value() if self.secret_key else DEV_SECRET
+
+    def newsletter(self, slug: str) -> NewsletterSettings:
+        """Return one newsletter's settings; NotFoundError names the known slugs."""
+        from newsletter.errors import NotFoundError
+
+        try:
+            return self.newsletters[slug]
+        except KeyError:
+            known = ", ".join(sorted(self.newsletters))
+            raise NotFoundError(f"unknown newsletter {slug!r} (configured: {known})") from None
+
+
+def _format_validation_error(exc: ValidationError, source: Path) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    env_name = ENV_PREFIX + "__".join(str(p) for p in first["loc"]).upper()
+    origin = f"environment {env_name}" if env_name in os.environ else str(source)
+    return f"invalid setting {loc} in {origin}: {msg}{more}"
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    """The config file to read: --config, then NEWSLETTER_CONFIG, then ./config.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_PREFIX + "CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def _check_secrets(settings: Settings) -> None:
+    if settings.dev_mode:
+        return
+    key = settings.secret_key.get_secret_value() if settings.secret_key else ""
+    if key.strip().lower() in PLACEHOLDER_SECRETS or len(key) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"{ENV_PREFIX}SECRET_KEY must be set to a random value of at least "
+            f"{MIN_SECRET_LENGTH} characters when service.environment is 'production'"
+        )
+    for name in SECRET_FIELDS[1:]:
+        value: SecretStr | None = getattr(settings, name)
+        if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} is a placeholder; set the real value")
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read the TOML file, apply environment overrides, validate.
+
+    Raises ConfigError (one line, naming the file and key) on any problem.
+    """
+    source = config_path(path)
+    try:
+        raw = source.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {source} not found (pass --config PATH or set {ENV_PREFIX}CONFIG)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {source} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
+    for name in (*SECRET_FIELDS, "base_dir"):
+        if name in data:
+            raise ConfigError(
+                f"{source}: '{name}' must not be in the config file; "
+                f"set {ENV_PREFIX}{name.upper()} in the environment"
+                if name != "base_dir"
+                else f"{source}: 'base_dir' is not a setting"
+            )
+    data["base_dir"] = source.resolve().parent
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    _check_secrets(settings)
+    return settings

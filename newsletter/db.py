@@ -1,0 +1,89 @@
+"""Engine and session factories, and schema creation/upgrade through Alembic.
+
+No queries live here. SQLite gets WAL, foreign keys and a busy timeout on every
+connection; PostgreSQL is used as configured (``postgresql+psycopg://``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter.errors import ConfigError, NewsletterError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine for ``url``; a SQLite file's folder is created if missing."""
+    try:
+        if url.startswith("sqlite:///") and ":memory:" not in url:
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, **kwargs)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigError(f"invalid database.url: {exc}") from None
+    except ImportError as exc:
+        raise ConfigError(f"database driver missing for database.url: {exc.name}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session in one transaction: commit on success, roll back on any error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine) -> str:
+    """Create or upgrade the schema to the newest revision; returns that revision."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    cfg = _alembic_config(engine)
+    try:
+        command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise NewsletterError(f"cannot reach the database: {exc.orig}") from None
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    return head or ""
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise a clear error when the database has not been initialised."""
+    try:
+        tables = set(inspect(engine).get_table_names())
+    except OperationalError as exc:
+        raise NewsletterError(f"cannot reach the database: {exc.orig}") from None
+    if "deliveries" not in tables:
+        raise NewsletterError("the database is not initialised: run `newsletter init` first")

@@ -1,0 +1,363 @@
+"""Database tables (SQLAlchemy 2.x typed mappings) and their status enums.
+
+Statuses change only through the transition functions here (``transition``), which
+refuse moves the state machine does not allow. Uniqueness that the service relies on
+("never twice") is enforced by the database: one subscription per (subscriber,
+newsletter), one edition per (newsletter, date), one delivery per (edition, subscriber).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from newsletter.errors import StateError
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def new_key() -> str:
+    """An opaque random identifier (used in signed tokens instead of ids)."""
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes as UTC; returns aware UTC (SQLite drops the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as plain strings so SQLite and PostgreSQL behave the same and new
+    # states need no ALTER TYPE.
+    return Enum(
+        cls,
+        native_enum=False,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+class SubscriptionStatus(enum.StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class SuppressionReason(enum.StrEnum):
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    UNSUBSCRIBED = "unsubscribed"
+    FORGOTTEN = "forgotten"
+    MANUAL = "manual"
+
+
+class StoryOrigin(enum.StrEnum):
+    FEED = "feed"
+    EDITOR = "editor"
+
+
+class EditionStatus(enum.StrEnum):
+    BUILT = "built"
+    SENDING = "sending"
+    PAUSED = "paused"
+    SENT = "sent"
+    CANCELLED = "cancelled"
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    RETRY = "retry"
+    UNCERTAIN = "uncertain"
+    CANCELLED = "cancelled"
+
+
+EDITION_TRANSITIONS: dict[EditionStatus, set[EditionStatus]] = {
+    EditionStatus.BUILT: {EditionStatus.SENDING, EditionStatus.CANCELLED},
+    EditionStatus.SENDING: {EditionStatus.SENT, EditionStatus.PAUSED, EditionStatus.CANCELLED},
+    EditionStatus.PAUSED: {EditionStatus.SENDING, EditionStatus.CANCELLED},
+    EditionStatus.SENT: {EditionStatus.SENDING},  # a resend of retried/uncertain rows
+    EditionStatus.CANCELLED: set(),
+}
+
+SUBSCRIPTION_TRANSITIONS: dict[SubscriptionStatus, set[SubscriptionStatus]] = {
+    SubscriptionStatus.PENDING: {SubscriptionStatus.CONFIRMED, SubscriptionStatus.UNSUBSCRIBED},
+    SubscriptionStatus.CONFIRMED: {SubscriptionStatus.UNSUBSCRIBED},
+    SubscriptionStatus.UNSUBSCRIBED: {SubscriptionStatus.PENDING, SubscriptionStatus.CONFIRMED},
+}
+
+# Delivery rows move in bulk (UPDATE ... WHERE status IN ...); the ledger in
+# outbox.py only issues moves listed here.
+DELIVERY_TRANSITIONS: dict[DeliveryStatus, set[DeliveryStatus]] = {
+    DeliveryStatus.QUEUED: {DeliveryStatus.SENDING, DeliveryStatus.CANCELLED},
+    DeliveryStatus.RETRY: {DeliveryStatus.SENDING, DeliveryStatus.CANCELLED},
+    DeliveryStatus.SENDING: {
+        DeliveryStatus.SENT,
+        DeliveryStatus.FAILED,
+        DeliveryStatus.RETRY,
+        DeliveryStatus.UNCERTAIN,
+        DeliveryStatus.QUEUED,
+    },
+    DeliveryStatus.UNCERTAIN: {DeliveryStatus.QUEUED, DeliveryStatus.CANCELLED},
+    DeliveryStatus.SENT: set(),
+    DeliveryStatus.FAILED: set(),
+    DeliveryStatus.CANCELLED: set(),
+}
+
+
+class Subscriber(Base):
+    """A person, identified by their normalised email address."""
+
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key: Mapped[str] = mapped_column(String(32), unique=True, default=new_key)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    subscriptions: Mapped[list[Subscription]] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan"
+    )
+
+
+class Subscription(Base):
+    """A subscriber's membership of one newsletter."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "newsletter"),
+        Index("ix_subscriptions_newsletter_status", "newsletter", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    newsletter: Mapped[str] = mapped_column(String(64))
+    status: Mapped[SubscriptionStatus] = mapped_column(_enum(SubscriptionStatus))
+    source: Mapped[str] = mapped_column(String(64), default="cli")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="subscriptions")
+
+
+class Suppression(Base):
+    """An address that must never be mailed (bounced, complained, left, forgotten).
+
+    ``email_hash`` (SHA-256 of the normalised address) is always set and unique, so a
+    forgotten person's entry keeps no address but still blocks re-adding them.
+    """
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True, index=True)
+    reason: Mapped[SuppressionReason] = mapped_column(_enum(SuppressionReason))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Story(Base):
+    """One story available to a newsletter, from a feed or added by an editor."""
+
+    __tablename__ = "stories"
+    __table_args__ = (
+        UniqueConstraint("newsletter", "url"),
+        UniqueConstraint("newsletter", "guid"),
+        Index("ix_stories_newsletter_published", "newsletter", "published_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    newsletter: Mapped[str] = mapped_column(String(64))
+    guid: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    title: Mapped[str] = mapped_column(String(500))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    kicker: Mapped[str] = mapped_column(String(100), default="")
+    source: Mapped[str] = mapped_column(String(300), default="")
+    origin: Mapped[StoryOrigin] = mapped_column(_enum(StoryOrigin), default=StoryOrigin.FEED)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Edition(Base):
+    """One issue of a newsletter for one date, with its frozen stories and content."""
+
+    __tablename__ = "editions"
+    __table_args__ = (UniqueConstraint("newsletter", "issue_date"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    newsletter: Mapped[str] = mapped_column(String(64))
+    issue_date: Mapped[date] = mapped_column(Date)
+    status: Mapped[EditionStatus] = mapped_column(_enum(EditionStatus), default=EditionStatus.BUILT)
+    subject: Mapped[str] = mapped_column(String(500), default="")
+    # Rendered once when sending starts, so every recipient (and a resumed send)
+    # gets exactly the same content.
+    html: Mapped[str | None] = mapped_column(Text, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    send_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    send_finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    items: Mapped[list[EditionStory]] = relationship(
+        back_populates="edition",
+        cascade="all, delete-orphan",
+        order_by="EditionStory.position",
+    )
+
+
+class EditionStory(Base):
+    """A story frozen into an edition at a position (a copy, so later edits don't leak in)."""
+
+    __tablename__ = "edition_stories"
+    __table_args__ = (UniqueConstraint("edition_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
+    story_id: Mapped[int | None] = mapped_column(
+        ForeignKey("stories.id", ondelete="SET NULL"), nullable=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(String(500))
+    url: Mapped[str] = mapped_column(String(2000))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    kicker: Mapped[str] = mapped_column(String(100), default="")
+    source: Mapped[str] = mapped_column(String(300), default="")
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    edition: Mapped[Edition] = relationship(back_populates="items")
+
+
+class Delivery(Base):
+    """The ledger: one row per (edition, subscriber), created before anything is sent."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("edition_id", "subscriber_id"),
+        Index("ix_deliveries_edition_status", "edition_id", "status"),
+        Index("ix_deliveries_email", "email"),
+        Index("ix_deliveries_batch", "batch_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), nullable=True
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    subscriber_key: Mapped[str] = mapped_column(String(32))
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _enum(DeliveryStatus), default=DeliveryStatus.QUEUED
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SendEvent(Base):
+    """Operator-visible history of a delivery: provider responses, retries, bounces."""
+
+    __tablename__ = "delivery_events"
+    __table_args__ = (Index("ix_delivery_events_delivery", "delivery_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+def transition_edition(edition: Edition, new: EditionStatus) -> None:
+    """Move an edition to ``new``; StateError if the state machine forbids it."""
+    if new not in EDITION_TRANSITIONS[edition.status]:
+        raise StateError(f"edition {edition.id} is {edition.status.value}; cannot become {new}")
+    edition.status = new
+
+
+def transition_subscription(sub: Subscription, new: SubscriptionStatus) -> None:
+    """Move a subscription to ``new``, stamping confirmed/unsubscribed times."""
+    if new == sub.status:
+        return
+    if new not in SUBSCRIPTION_TRANSITIONS[sub.status]:
+        raise StateError(f"subscription is {sub.status.value}; cannot become {new}")
+    sub.status = new
+    if new is SubscriptionStatus.CONFIRMED:
+        sub.confirmed_at = utcnow()
+        sub.unsubscribed_at = None
+    elif new is SubscriptionStatus.UNSUBSCRIBED:
+        sub.unsubscribed_at = utcnow()
+
+
+def delivery_sources(new: DeliveryStatus) -> list[DeliveryStatus]:
+    """Statuses a delivery may move to ``new`` from (for bulk UPDATE ... WHERE)."""
+    return [old for old, targets in DELIVERY_TRANSITIONS.items() if new in targets]
