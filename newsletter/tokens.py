@@ -46,7 +46,11 @@ def read_token(secret: str, token: str, *, purpose: Purpose) -> TokenData:
     return TokenData(purpose=purpose, subscriber_key=key, newsletter=newsletter)
 
 
-def link(base_url: str, secret: str, *, purpose: Purpose, subscriber_key: str, newsletter: str) -> str:
+def link(
+    base_url: str, secret: str, *, purpose: Purpose, subscriber_key: str, newsletter: str
+) -> str:
     """The absolute URL on the site for a token: ``{base}/{purpose}/{token}``."""
-    token = make_token(secret, purpose=purpose, subscriber_key=subscriber_key, newsletter=newsletter)
+    token = make_token(
+        secret, purpose=purpose, subscriber_key=subscriber_key, newsletter=newsletter
+    )
     return f"{base_url}/{purpose}/{token}"

@@ -100,7 +100,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def write_config(path: Path, db_url: str, **overrides: str) -> Path:
     """Write a test config.toml using the repository's templates and sample feeds."""
-    feeds = ", ".join(f'"{ROOT / "feeds" / n}"' for n in ("world.xml", "business.xml", "science.xml"))
+    feeds = ", ".join(
+        f'"{ROOT / "feeds" / n}"' for n in ("world.xml", "business.xml", "science.xml")
+    )
     values = {
         "templates": str(ROOT / "templates"),
         "db_url": db_url,

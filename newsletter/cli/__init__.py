@@ -46,6 +46,7 @@ def _register() -> None:
     cli.add_command(stories.group)
     cli.add_command(editions.group)
     cli.add_command(send.send)
+    cli.add_command(send.run)
     cli.add_command(deliveries.group)
 
 

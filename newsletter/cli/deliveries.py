@@ -1,10 +1,104 @@
-"""`newsletter deliveries` commands (being written)."""
+"""`newsletter deliveries …`: the delivery log, for operators."""
 
 from __future__ import annotations
 
+import json
+
 import click
+
+from newsletter import outbox
+from newsletter.cli.common import App, emit_rows, format_option, pass_app
+from newsletter.models import DeliveryStatus, utcnow
+from newsletter.subscribers import normalise_email
+
+STATUS = click.Choice([s.value for s in DeliveryStatus])
 
 
 @click.group("deliveries")
 def group() -> None:
-    """Manage deliveries."""
+    """Read the delivery log: who was sent what, and why not."""
+
+
+@group.command("list")
+@click.option("--edition", "edition_id", type=int, help="Only this edition.")
+@click.option("--status", type=STATUS, help="Only this status.")
+@click.option("--email", help="Only this address.")
+@click.option("--limit", default=100, show_default=True)
+@format_option("table", "json")
+@pass_app
+def list_(
+    app: App, edition_id: int | None, status: str | None, email: str | None, limit: int, fmt: str
+) -> None:
+    """Delivery rows, newest first."""
+    with app.transaction() as session:
+        rows = [
+            {
+                "id": d.id,
+                "edition": d.edition_id,
+                "email": d.email,
+                "status": d.status,
+                "attempts": d.attempts,
+                "provider": d.provider,
+                "message_id": d.provider_message_id,
+                "sent_at": d.sent_at,
+                "error": d.error,
+            }
+            for d in outbox.list_deliveries(
+                session,
+                edition_id=edition_id,
+                status=DeliveryStatus(status) if status else None,
+                email=normalise_email(email) if email else None,
+                limit=limit,
+            )
+        ]
+    emit_rows(
+        rows,
+        [
+            "id",
+            "edition",
+            "email",
+            "status",
+            "attempts",
+            "provider",
+            "message_id",
+            "sent_at",
+            "error",
+        ],
+        fmt,
+    )
+
+
+@group.command("stats")
+@click.option("--edition", "edition_id", type=int, help="Only this edition.")
+@format_option("table", "json")
+@pass_app
+def stats(app: App, edition_id: int | None, fmt: str) -> None:
+    """Counts per delivery status."""
+    with app.transaction() as session:
+        counts = outbox.stats(session, edition_id=edition_id)
+    if fmt == "json":
+        click.echo(
+            json.dumps({s.value: n for s, n in counts.items()} | {"total": sum(counts.values())})
+        )
+        return
+    rows = [{"status": s, "count": n} for s, n in counts.items()]
+    rows.append({"status": "total", "count": sum(counts.values())})
+    emit_rows(
+        rows,
+        ["status", "count"],
+        fmt,
+        title=f"edition {edition_id}" if edition_id else "all editions",
+    )
+
+
+@group.command("requeue")
+@click.option("--edition", "edition_id", type=int, required=True)
+@click.option("--status", type=click.Choice(["uncertain", "failed"]), required=True)
+@pass_app
+def requeue(app: App, edition_id: int, status: str) -> None:
+    """Queue uncertain or failed deliveries again (then run `send --edition`)."""
+    with app.transaction() as session:
+        n = outbox.requeue(
+            session, edition_id=edition_id, statuses=[DeliveryStatus(status)], now=utcnow()
+        )
+    click.echo(f"{n} {status} deliveries of edition {edition_id} queued again")

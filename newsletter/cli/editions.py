@@ -1,10 +1,160 @@
-"""`newsletter editions` commands (being written)."""
+"""`newsletter edition …`: build, list, show, preview and check editions."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import click
+
+from newsletter import editions, render
+from newsletter.cli.common import App, emit_rows, format_option, parse_date, pass_app
+from newsletter.errors import CheckFailed
 
 
 @click.group("edition")
 def group() -> None:
-    """Manage editions."""
+    """Build, preview and check editions."""
+
+
+@group.command("build")
+@click.option("--newsletter", "slug", required=True, help="Newsletter slug.")
+@click.option("--date", "issue_date", help="Issue date YYYY-MM-DD (default: today there).")
+@click.option(
+    "--rebuild", is_flag=True, help="Re-select the stories (refused once sending started)."
+)
+@pass_app
+def build(app: App, slug: str, issue_date: str | None, rebuild: bool) -> None:
+    """Freeze the day's top stories into an edition and print its id."""
+    with app.transaction() as session:
+        edition, created = editions.build_edition(
+            session,
+            settings=app.settings,
+            slug=slug,
+            issue_date=parse_date(issue_date),
+            rebuild=rebuild,
+        )
+        verb = "rebuilt" if created and rebuild else "built" if created else "existing"
+        click.echo(
+            f"{verb} edition {edition.id} of {slug} for {edition.issue_date} "
+            f"with {len(edition.items)} stories ({edition.status.value})",
+            err=True,
+        )
+        click.echo(edition.id)
+
+
+@group.command("list")
+@click.option("--newsletter", "slug", help="Only this newsletter.")
+@click.option("--limit", default=50, show_default=True)
+@format_option("table", "json")
+@pass_app
+def list_(app: App, slug: str | None, limit: int, fmt: str) -> None:
+    """Recent editions, newest first."""
+    if slug:
+        app.settings.newsletter(slug)
+    with app.transaction() as session:
+        rows = [
+            {
+                "id": e.id,
+                "newsletter": e.newsletter,
+                "date": e.issue_date,
+                "status": e.status,
+                "stories": n,
+                "subject": e.subject,
+            }
+            for e, n in editions.list_editions(session, slug=slug, limit=limit)
+        ]
+    emit_rows(rows, ["id", "newsletter", "date", "status", "stories", "subject"], fmt)
+
+
+@group.command("show")
+@click.argument("edition_id", type=int)
+@format_option("table", "json")
+@pass_app
+def show(app: App, edition_id: int, fmt: str) -> None:
+    """An edition's frozen stories, in order."""
+    with app.transaction() as session:
+        edition = editions.get_edition(session, edition_id)
+        rows = [
+            {
+                "position": i.position,
+                "kicker": i.kicker,
+                "title": i.title,
+                "url": i.url,
+                "source": i.source,
+            }
+            for i in edition.items
+        ]
+        title = (
+            f"edition {edition.id} of {edition.newsletter} "
+            f"for {edition.issue_date} ({edition.status.value})"
+        )
+    emit_rows(rows, ["position", "kicker", "title", "url", "source"], fmt, title=title)
+
+
+def preview_values(app: App) -> render.RecipientValues:
+    """Sample per-recipient values for previews (links point at the site's preview pages)."""
+    base = app.settings.site.base_url
+    return render.RecipientValues(
+        name="",
+        unsubscribe_url=f"{base}/unsubscribe/preview",
+        preferences_url=f"{base}/preferences/preview",
+    )
+
+
+def write_atomically(path: Path, data: str) -> None:
+    """Write a file via a temporary sibling and rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@group.command("preview")
+@click.argument("edition_id", type=int)
+@click.option(
+    "--format", "fmt", type=click.Choice(["html", "text"]), default="html", show_default=True
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE.")
+@pass_app
+def preview(app: App, edition_id: int, fmt: str, output: Path | None) -> None:
+    """Render an edition as a reader would see it (sample recipient)."""
+    with app.transaction() as session:
+        edition = editions.get_edition(session, edition_id)
+        content = editions.frozen_content(edition) or editions.render_edition(edition, app.settings)
+    personal = render.Personaliser(content)
+    body = (
+        personal.html(preview_values(app)) if fmt == "html" else personal.text(preview_values(app))
+    )
+    if output is None:
+        click.echo(body)
+        return
+    write_atomically(output, body)
+    click.echo(
+        f"wrote {fmt} preview of edition {edition_id} to {output} ({len(body.encode())} bytes)",
+        err=True,
+    )
+
+
+@group.command("check")
+@click.argument("edition_id", type=int)
+@pass_app
+def check(app: App, edition_id: int) -> None:
+    """Run the pre-send checks; exit 1 listing every problem."""
+    with app.transaction() as session:
+        edition = editions.get_edition(session, edition_id)
+        content = editions.frozen_content(edition) or editions.render_edition(edition, app.settings)
+    problems = render.check_rendered(content)
+    size = len(content.html.encode())
+    if problems:
+        raise CheckFailed(problems)
+    click.echo(
+        f"edition {edition_id}: all checks passed "
+        f"(HTML {size / 1024:.1f} KB, subject {content.subject!r})"
+    )

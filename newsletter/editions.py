@@ -1,0 +1,243 @@
+"""Editions: choose the day's top stories, freeze them, and render the result.
+
+An edition is one issue of a newsletter for one date (UNIQUE(newsletter, date)).
+Building freezes copies of the chosen stories, so later edits to a story never
+change an edition that was previewed or sent. The rendered content is frozen too,
+when sending starts (:func:`freeze_content`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import exists, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from newsletter import render
+from newsletter.config import NewsletterSettings, Settings
+from newsletter.errors import NoStoriesError, NotFoundError, StateError
+from newsletter.models import Edition, EditionStatus, EditionStory, Story, utcnow
+from newsletter.stories import clean_summary, summary_text
+
+log = logging.getLogger(__name__)
+
+# A story dated slightly in the future (a feed's clock skew) is still eligible.
+CLOCK_SKEW = timedelta(hours=1)
+
+
+def local_today(newsletter: NewsletterSettings, now: datetime | None = None) -> date:
+    """Today's date in the newsletter's own timezone."""
+    return (now or utcnow()).astimezone(ZoneInfo(newsletter.timezone)).date()
+
+
+def select_stories(
+    session: Session, *, slug: str, newsletter: NewsletterSettings, issue_date: date, now: datetime
+) -> list[Story]:
+    """The edition's stories: pinned first, then newest within the freshness window.
+
+    Hidden stories never qualify, nor stories already frozen into another edition of
+    the same newsletter (readers should not get yesterday's news again). Undated
+    stories count from when they were first fetched.
+    """
+    when = func.coalesce(Story.published_at, Story.fetched_at)
+    in_other_edition = exists().where(
+        EditionStory.story_id == Story.id,
+        EditionStory.edition_id == Edition.id,
+        Edition.newsletter == slug,
+        Edition.issue_date != issue_date,
+    )
+    query = (
+        select(Story)
+        .where(
+            Story.newsletter == slug,
+            Story.hidden.is_(False),
+            when >= now - timedelta(hours=newsletter.freshness_hours),
+            when <= now + CLOCK_SKEW,
+            ~in_other_edition,
+        )
+        .order_by(Story.pinned.desc(), when.desc(), Story.id.desc())
+        .limit(newsletter.max_stories)
+    )
+    return list(session.scalars(query))
+
+
+def _freeze_items(edition: Edition, stories: Sequence[Story]) -> None:
+    edition.items = [
+        EditionStory(
+            story_id=s.id,
+            position=i,
+            title=s.title,
+            url=s.url,
+            summary=clean_summary(s.summary),
+            kicker=s.kicker,
+            source=s.source,
+            published_at=s.published_at,
+        )
+        for i, s in enumerate(stories, start=1)
+    ]
+
+
+def find_edition(session: Session, *, slug: str, issue_date: date) -> Edition | None:
+    """The edition of ``slug`` for ``issue_date``, if built."""
+    return session.scalar(
+        select(Edition).where(Edition.newsletter == slug, Edition.issue_date == issue_date)
+    )
+
+
+def build_edition(
+    session: Session,
+    *,
+    settings: Settings,
+    slug: str,
+    issue_date: date | None = None,
+    rebuild: bool = False,
+    now: datetime | None = None,
+) -> tuple[Edition, bool]:
+    """Build (or return) the edition of ``slug`` for ``issue_date`` (default: today there).
+
+    Returns ``(edition, created)``. An existing edition is returned unchanged unless
+    ``rebuild``, which re-selects its stories and is refused once sending started.
+    Raises NotFoundError (unknown newsletter), NoStoriesError, StateError.
+    """
+    newsletter = settings.newsletter(slug)
+    now = now or utcnow()
+    issue_date = issue_date or local_today(newsletter, now)
+    edition = find_edition(session, slug=slug, issue_date=issue_date)
+    if edition is not None and not rebuild:
+        return edition, False
+    if edition is not None and edition.status is not EditionStatus.BUILT:
+        raise StateError(
+            f"edition {edition.id} is {edition.status.value}: it cannot be rebuilt once "
+            "sending has started"
+        )
+    stories = select_stories(
+        session, slug=slug, newsletter=newsletter, issue_date=issue_date, now=now
+    )
+    if not stories:
+        raise NoStoriesError(
+            f"no eligible stories for {slug} on {issue_date} (none fresher than "
+            f"{newsletter.freshness_hours} h): run `newsletter stories fetch --newsletter {slug}` "
+            "or add one with `newsletter stories add`"
+        )
+    if edition is None:
+        edition = Edition(newsletter=slug, issue_date=issue_date, status=EditionStatus.BUILT)
+        _freeze_items(edition, stories)
+        try:
+            with session.begin_nested():
+                session.add(edition)
+        except IntegrityError:
+            # Another builder won the race: theirs is the edition.
+            existing = find_edition(session, slug=slug, issue_date=issue_date)
+            if existing is None:  # pragma: no cover - constraint fired for another reason
+                raise
+            return existing, False
+        log.info(
+            "built edition %s of %s for %s with %d stories",
+            edition.id,
+            slug,
+            issue_date,
+            len(stories),
+        )
+        return edition, True
+    edition.items.clear()
+    session.flush()
+    _freeze_items(edition, stories)
+    edition.subject, edition.html, edition.text = "", None, None
+    session.flush()
+    log.info("rebuilt edition %s of %s with %d stories", edition.id, slug, len(stories))
+    return edition, True
+
+
+def get_edition(session: Session, edition_id: int, *, for_update: bool = False) -> Edition:
+    """Load an edition with its stories; NotFoundError if there is none."""
+    query = select(Edition).where(Edition.id == edition_id).options(selectinload(Edition.items))
+    if for_update:
+        query = query.with_for_update()
+    edition = session.scalar(query)
+    if edition is None:
+        raise NotFoundError(f"no edition with id {edition_id}")
+    return edition
+
+
+def list_editions(
+    session: Session, *, slug: str | None = None, limit: int = 50
+) -> list[tuple[Edition, int]]:
+    """Recent editions, newest first, with their story counts."""
+    count = (
+        select(func.count(EditionStory.id))
+        .where(EditionStory.edition_id == Edition.id)
+        .scalar_subquery()
+    )
+    query = (
+        select(Edition, count).order_by(Edition.issue_date.desc(), Edition.id.desc()).limit(limit)
+    )
+    if slug:
+        query = query.where(Edition.newsletter == slug)
+    return [(e, n) for e, n in session.execute(query).tuples()]
+
+
+def edition_view(edition: Edition, settings: Settings) -> render.EditionView:
+    """The pure data the renderer needs for ``edition``."""
+    newsletter = settings.newsletter(edition.newsletter)
+    return render.EditionView(
+        id=edition.id,
+        newsletter_slug=edition.newsletter,
+        newsletter_name=newsletter.name,
+        newsletter_description=newsletter.description,
+        issue_date=edition.issue_date,
+        stories=tuple(
+            render.StoryView(
+                title=item.title,
+                url=item.url,
+                summary_html=item.summary,
+                summary_text=summary_text(item.summary),
+                kicker=item.kicker,
+                source=item.source,
+                published_at=item.published_at,
+            )
+            for item in edition.items
+        ),
+    )
+
+
+def render_edition(edition: Edition, settings: Settings) -> render.RenderedEdition:
+    """Render ``edition`` with the newsletter's templates (no side effects)."""
+    newsletter = settings.newsletter(edition.newsletter)
+    return render.render_edition(
+        edition_view(edition, settings),
+        brand=render.Brand.from_settings(settings),
+        subject_template=newsletter.subject,
+        template=newsletter.template,
+        templates_dir=settings.templates_path,
+    )
+
+
+def frozen_content(edition: Edition) -> render.RenderedEdition | None:
+    """The content frozen when sending started, if any."""
+    if edition.html is None or edition.text is None:
+        return None
+    return render.RenderedEdition(subject=edition.subject, html=edition.html, text=edition.text)
+
+
+def freeze_content(
+    session: Session, *, edition: Edition, settings: Settings
+) -> render.RenderedEdition:
+    """Render once, run the pre-send checks, and store the content on the edition.
+
+    Every recipient, and any resumed send, then gets exactly this content.
+    Raises RenderError / CheckFailed; nothing is stored when the checks fail.
+    """
+    content = frozen_content(edition)
+    if content is not None:
+        return content
+    if not edition.items:
+        raise StateError(f"edition {edition.id} has no stories")
+    content = render_edition(edition, settings)
+    render.check_or_raise(content)
+    edition.subject, edition.html, edition.text = content.subject, content.html, content.text
+    session.flush()
+    return content

@@ -1,0 +1,327 @@
+"""Sending an edition: freeze content and audience, then claim → send → record.
+
+Each batch is claimed and committed before the provider sees it, and its outcome
+is committed right after, so the ledger always says who was sent what; see
+outbox.py for the states. The CLI, the scheduler and tests all call
+:func:`send_edition`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import FrameType
+from urllib.parse import quote
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import editions, outbox, render, tokens
+from newsletter.config import Settings
+from newsletter.db import transaction
+from newsletter.errors import ProviderConfigError, StateError
+from newsletter.models import DeliveryStatus, Edition, EditionStatus, transition_edition, utcnow
+from newsletter.providers.base import Outcome, PreparedEdition, Provider, Recipient
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (handled in this batch, total audience)
+
+
+@dataclass
+class SendReport:
+    """What one `send` run did, and where the edition stands afterwards."""
+
+    edition_id: int
+    newsletter: str
+    newly_queued: int = 0
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    recovered_uncertain: int = 0
+    stopped: str | None = None
+    elapsed: float = 0.0
+    counts: dict[DeliveryStatus, int] = field(default_factory=dict)
+
+    @property
+    def audience(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def complete(self) -> bool:
+        return not any(self.counts.get(s, 0) for s in outbox.OPEN)
+
+
+def prepare(
+    settings: Settings, edition: Edition, content: render.RenderedEdition
+) -> PreparedEdition:
+    """The per-send constants every provider needs (content rendered once)."""
+    newsletter = settings.newsletter(edition.newsletter)
+    sender = settings.sender
+    list_domain = sender.list_id or sender.domain
+    return PreparedEdition(
+        edition_id=edition.id,
+        newsletter=edition.newsletter,
+        content=content,
+        personaliser=render.Personaliser(content),
+        from_name=sender.from_name,
+        from_address=sender.from_address,
+        reply_to=sender.reply_to,
+        list_id=f'"{newsletter.name}" <{edition.newsletter}.{list_domain}>',
+        domain=sender.domain,
+    )
+
+
+def recipient(
+    settings: Settings, *, delivery_id: int | None, email: str, name: str, key: str, newsletter: str
+) -> Recipient:
+    """A recipient with signed unsubscribe/preferences links (no raw id or address)."""
+    secret, base = settings.signing_key, settings.site.base_url
+    unsub = tokens.make_token(
+        secret, purpose="unsubscribe", subscriber_key=key, newsletter=newsletter
+    )
+    prefs = tokens.make_token(
+        secret, purpose="preferences", subscriber_key=key, newsletter=newsletter
+    )
+    return Recipient(
+        delivery_id=delivery_id,
+        email=email,
+        name=name,
+        unsubscribe_url=f"{base}/unsubscribe/{unsub}",
+        preferences_url=f"{base}/preferences/{prefs}",
+        unsubscribe_mailto=(
+            f"mailto:{settings.sender.unsubscribe_address}?subject={quote('unsubscribe ' + unsub)}"
+        ),
+    )
+
+
+@contextmanager
+def _graceful_stop() -> Iterator[threading.Event]:
+    """Ctrl-C / SIGTERM finish the batch in flight, then stop (no uncertain rows)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("stopping after the batch in flight (signal %d again to abort)", signum)
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def start_send(
+    session: Session, *, settings: Settings, edition_id: int, now: datetime
+) -> tuple[Edition, render.RenderedEdition, int, int]:
+    """Freeze content and audience (first run only) and mark the edition sending.
+
+    Returns ``(edition, content, newly queued, recovered uncertain)``. Refuses paused
+    or cancelled editions; a finished edition with nothing open is left as it is.
+    """
+    edition = editions.get_edition(session, edition_id, for_update=True)
+    if edition.status is EditionStatus.CANCELLED:
+        raise StateError(f"edition {edition.id} was cancelled; nothing will be sent")
+    if edition.status is EditionStatus.PAUSED:
+        raise StateError(
+            f"edition {edition.id} is paused: "
+            f"resume it with `newsletter send --resume {edition.id}`"
+        )
+    content = editions.freeze_content(session, edition=edition, settings=settings)
+    queued = 0
+    if edition.send_started_at is None:
+        queued = outbox.freeze_audience(
+            session, edition_id=edition.id, slug=edition.newsletter, now=now
+        )
+        edition.send_started_at = now
+        log.info("edition %s: audience frozen, %d deliveries queued", edition.id, queued)
+    recovered = outbox.recover_expired(
+        session, edition_id=edition.id, now=now, resend=settings.delivery.uncertain == "resend"
+    )
+    counts = outbox.stats(session, edition_id=edition.id)
+    has_open = any(counts[s] for s in outbox.OPEN)
+    if edition.status is EditionStatus.BUILT or (edition.status is EditionStatus.SENT and has_open):
+        transition_edition(edition, EditionStatus.SENDING)
+    return edition, content, queued, recovered
+
+
+def _finish_if_done(session: Session, edition_id: int, now: datetime) -> bool:
+    edition = editions.get_edition(session, edition_id, for_update=True)
+    counts = outbox.stats(session, edition_id=edition_id)
+    if any(counts[s] for s in outbox.OPEN):
+        return False
+    if edition.status is EditionStatus.SENDING:
+        transition_edition(edition, EditionStatus.SENT)
+        edition.send_finished_at = now
+    return True
+
+
+def send_edition(
+    sessions: sessionmaker[Session],
+    *,
+    settings: Settings,
+    edition_id: int,
+    provider: Provider,
+    progress: Progress | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SendReport:
+    """Send edition ``edition_id`` to its frozen audience; safe to run again.
+
+    Recipients already sent (or failed) are never sent again. Returns a report;
+    raises StateError for a paused/cancelled edition, RenderError/CheckFailed when
+    the content fails its checks, ProviderConfigError when the provider cannot send.
+    """
+    started = time.monotonic()
+    delivery = settings.delivery
+    with transaction(sessions) as session:
+        edition, content, queued, recovered = start_send(
+            session, settings=settings, edition_id=edition_id, now=clock()
+        )
+        slug = edition.newsletter
+        prepared = prepare(settings, edition, content)
+        total = sum(outbox.stats(session, edition_id=edition_id).values())
+    report = SendReport(edition_id, slug, newly_queued=queued, recovered_uncertain=recovered)
+    batch_size = min(delivery.batch_size, provider.max_batch)
+    with _graceful_stop() as stop:
+        while not stop.is_set():
+            with transaction(sessions) as session:
+                status = editions.get_edition(session, edition_id).status
+                if status in (EditionStatus.PAUSED, EditionStatus.CANCELLED):
+                    report.stopped = status.value
+                    break
+                batch_id, claimed = outbox.claim_batch(
+                    session,
+                    edition_id=edition_id,
+                    limit=batch_size,
+                    lease_seconds=delivery.lease_seconds,
+                    now=clock(),
+                )
+            if not claimed:
+                if _wait_or_finish(sessions, edition_id, clock, sleep, settings):
+                    break
+                continue
+            recipients = [
+                recipient(
+                    settings,
+                    delivery_id=c.id,
+                    email=c.email,
+                    name=c.name,
+                    key=c.subscriber_key,
+                    newsletter=slug,
+                )
+                for c in claimed
+            ]
+            try:
+                outcomes = provider.send_batch(prepared, recipients)
+            except ProviderConfigError:
+                with transaction(sessions) as session:
+                    # Nothing in this batch was accepted: hand it back untouched.
+                    outbox.release(session, batch_id=batch_id, now=clock())
+                raise
+            with transaction(sessions) as session:
+                counts = outbox.record_outcomes(
+                    session,
+                    batch_id=batch_id,
+                    outcomes=outcomes,
+                    claimed=claimed,
+                    provider=provider.name,
+                    now=clock(),
+                    max_attempts=delivery.max_attempts,
+                    retry_base=delivery.retry_base_seconds,
+                )
+            report.sent += counts["sent"]
+            report.failed += counts["failed"]
+            report.retried += counts["retry"]
+            if progress:
+                progress(counts["sent"] + counts["failed"], total)
+        else:
+            report.stopped = "interrupted"
+    with transaction(sessions) as session:
+        report.counts = outbox.stats(session, edition_id=edition_id)
+    report.elapsed = time.monotonic() - started
+    log.info(
+        "edition %s: sent %d, failed %d, retrying %d in %.1f s",
+        edition_id,
+        report.sent,
+        report.failed,
+        report.retried,
+        report.elapsed,
+    )
+    return report
+
+
+def _wait_or_finish(
+    sessions: sessionmaker[Session],
+    edition_id: int,
+    clock: Callable[[], datetime],
+    sleep: Callable[[float], None],
+    settings: Settings,
+) -> bool:
+    """Nothing claimable now: finish the edition, or wait for retries/leases. True = done."""
+    with transaction(sessions) as session:
+        if _finish_if_done(session, edition_id, clock()):
+            return True
+        now = clock()
+        due = outbox.next_due(session, edition_id=edition_id)
+        lease = outbox.next_lease_expiry(session, edition_id=edition_id)
+    wake = min(t for t in (due, lease) if t is not None) if (due or lease) else None
+    delay = (wake - now).total_seconds() if wake else 1.0
+    sleep(min(max(delay, 0.05), float(settings.delivery.lease_seconds)))
+    with transaction(sessions) as session:
+        outbox.recover_expired(
+            session,
+            edition_id=edition_id,
+            now=clock(),
+            resend=settings.delivery.uncertain == "resend",
+        )
+    return False
+
+
+def send_test(
+    session: Session, *, settings: Settings, edition_id: int, email: str, provider: Provider
+) -> Outcome:
+    """Send one copy of an edition to ``email`` only; no ledger row, no audience."""
+    edition = editions.get_edition(session, edition_id)
+    content = editions.frozen_content(edition) or editions.render_edition(edition, settings)
+    render.check_or_raise(content)
+    prepared = prepare(settings, edition, content)
+    who = recipient(
+        settings, delivery_id=None, email=email, name="", key="test", newsletter=edition.newsletter
+    )
+    [outcome] = provider.send_batch(prepared, [who])
+    return outcome
+
+
+def pause(session: Session, *, edition_id: int) -> Edition:
+    """Pause a send: running senders stop after their batch; queued rows wait."""
+    edition = editions.get_edition(session, edition_id, for_update=True)
+    transition_edition(edition, EditionStatus.PAUSED)
+    return edition
+
+
+def resume(session: Session, *, edition_id: int) -> Edition:
+    """Allow a paused edition to send again (the caller then runs send_edition)."""
+    edition = editions.get_edition(session, edition_id, for_update=True)
+    if edition.status is not EditionStatus.PAUSED:
+        raise StateError(f"edition {edition_id} is {edition.status.value}, not paused")
+    transition_edition(edition, EditionStatus.SENDING)
+    return edition
+
+
+def cancel(session: Session, *, edition_id: int, now: datetime | None = None) -> int:
+    """Cancel an edition: nothing more is sent; returns how many deliveries were cancelled."""
+    edition = editions.get_edition(session, edition_id, for_update=True)
+    transition_edition(edition, EditionStatus.CANCELLED)
+    return outbox.cancel_open(session, edition_id=edition_id, now=now or utcnow())
