@@ -177,7 +177,7 @@ def list_editions(
     )
     if slug:
         query = query.where(Edition.newsletter == slug)
-    return [(e, n) for e, n in session.execute(query).tuples()]
+    return [(e, n) for e, n in session.execute(query)]
 
 
 def edition_view(edition: Edition, settings: Settings) -> render.EditionView:

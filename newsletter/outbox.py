@@ -87,7 +87,7 @@ def freeze_audience(session: Session, *, edition_id: int, slug: str, now: dateti
         literal(now, Delivery.created_at.type),
         literal(now, Delivery.updated_at.type),
     ).where(~already)
-    stmt = insert(Delivery).from_select(
+    stmt = insert(Delivery.__table__).from_select(
         [
             "edition_id",
             "subscriber_id",
@@ -102,7 +102,15 @@ def freeze_audience(session: Session, *, edition_id: int, slug: str, now: dateti
         ],
         rows,
     )
-    return int(session.execute(stmt).rowcount or 0)
+    # Counted, not taken from rowcount: psycopg reports -1 for INSERT … SELECT.
+    before = _count(session, edition_id)
+    session.connection().execute(stmt)
+    return _count(session, edition_id) - before
+
+
+def _count(session: Session, edition_id: int) -> int:
+    query = select(func.count()).select_from(Delivery).where(Delivery.edition_id == edition_id)
+    return int(session.scalar(query) or 0)
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,7 @@ def claim_batch(
         )
         .where(Delivery.batch_id == batch_id)
         .order_by(Delivery.id)
-    ).tuples()
+    )
     return batch_id, [Claimed(*r) for r in rows]
 
 
@@ -340,7 +348,7 @@ def stats(session: Session, *, edition_id: int | None = None) -> dict[DeliverySt
     if edition_id is not None:
         query = query.where(Delivery.edition_id == edition_id)
     counts = dict.fromkeys(DeliveryStatus, 0)
-    for status, n in session.execute(query).tuples():
+    for status, n in session.execute(query):
         counts[status] = int(n)
     return counts
 

@@ -1,0 +1,293 @@
+"""The delivery ledger and the sender loop on a real database, with real providers."""
+
+from __future__ import annotations
+
+import email
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import editions, outbox, sender
+from newsletter.config import Settings
+from newsletter.errors import ProviderConfigError, StateError
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    EditionStatus,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionReason,
+    utcnow,
+)
+from newsletter.providers.base import Outcome, PreparedEdition, Recipient
+from newsletter.providers.outbox import OutboxProvider
+from tests import factories
+
+
+def _edition(sessions: sessionmaker[Session], settings: Settings, readers: int = 5) -> int:
+    with sessions.begin() as s:
+        for _ in range(readers):
+            factories.subscriber(s)
+        for _ in range(3):
+            factories.story(s)
+        edition, _ = editions.build_edition(s, settings=settings, slug="daily-briefing")
+        return edition.id
+
+
+def _eml_files(settings: Settings) -> list[Path]:
+    return sorted(settings.outbox_path.rglob("*.eml"))
+
+
+def _parse(path: Path) -> EmailMessage:
+    msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+class FakeClock:
+    """A clock that moves only when the sender sleeps."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+        self.slept = 0.0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.now += timedelta(seconds=seconds)
+
+
+class Recording:
+    """A provider that records what it was asked to send and can misbehave."""
+
+    name = "recording"
+    max_batch = 2
+
+    def __init__(self, script: Sequence[str] = ()) -> None:
+        self.script = list(script)  # per call: "ok", "retry", "fail", "config"
+        self.copies: Counter[str] = Counter()
+
+    def send_batch(
+        self, edition: PreparedEdition, recipients: Sequence[Recipient]
+    ) -> list[Outcome]:
+        action = self.script.pop(0) if self.script else "ok"
+        if action == "config":
+            raise ProviderConfigError("401 bad key")
+        if action == "ok":
+            self.copies.update(r.email for r in recipients)
+        status = {"ok": "sent", "retry": "retry", "fail": "failed"}[action]
+        return [
+            Outcome(
+                r.delivery_id, status, message_id="m1", error=None if action == "ok" else action
+            )  # type: ignore[arg-type]
+            for r in recipients
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+def test_freeze_audience_only_confirmed_and_not_suppressed(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    with sessions.begin() as s:
+        factories.subscriber(s, "yes@example.com")
+        factories.subscriber(s, "pending@example.com", status=SubscriptionStatus.PENDING)
+        factories.subscriber(s, "gone@example.com", status=SubscriptionStatus.UNSUBSCRIBED)
+        factories.subscriber(s, "other@example.com", newsletters=("good-news",))
+        factories.subscriber(s, "bounced@example.com")
+        s.add(
+            Suppression(
+                email_hash="x" * 64, email="bounced@example.com", reason=SuppressionReason.BOUNCED
+            )
+        )
+        factories.story(s)
+        edition, _ = editions.build_edition(s, settings=settings, slug="daily-briefing")
+        assert outbox.audience_count(s, slug="daily-briefing") == 1
+        assert (
+            outbox.freeze_audience(s, edition_id=edition.id, slug="daily-briefing", now=utcnow())
+            == 1
+        )
+        assert (
+            outbox.freeze_audience(s, edition_id=edition.id, slug="daily-briefing", now=utcnow())
+            == 0
+        )
+        emails = s.scalars(select(Delivery.email)).all()
+    assert emails == ["yes@example.com"]
+
+
+def test_outbox_send_writes_one_eml_each_and_never_twice(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    eid = _edition(sessions, settings, readers=7)
+    provider = OutboxProvider(settings.outbox_path)
+    first = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    assert (first.sent, first.failed, first.newly_queued) == (7, 0, 7)
+    assert first.complete
+    files = _eml_files(settings)
+    assert len(files) == 7
+    again = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    assert (again.sent, again.newly_queued) == (0, 0)
+    assert len(_eml_files(settings)) == 7
+    with sessions() as s:
+        assert editions.get_edition(s, eid).status is EditionStatus.SENT
+        rows = s.scalars(select(Delivery)).all()
+        assert {r.status for r in rows} == {DeliveryStatus.SENT}
+        assert all(r.provider == "outbox" and r.provider_message_id for r in rows)
+    ids = {str(_parse(f)["Message-ID"]) for f in files}
+    assert ids == {r.provider_message_id for r in rows}
+
+
+def test_late_subscriber_is_not_added_to_a_frozen_audience(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    eid = _edition(sessions, settings, readers=2)
+    provider = OutboxProvider(settings.outbox_path)
+    sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    with sessions.begin() as s:
+        factories.subscriber(s, "late@example.com")
+    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    assert report.sent == 0 and report.audience == 2
+
+
+def test_transient_errors_retry_then_succeed(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    eid = _edition(sessions, settings, readers=4)
+    provider = Recording(["retry", "ok", "ok"])
+    clock = FakeClock()
+    report = sender.send_edition(
+        sessions,
+        settings=settings,
+        edition_id=eid,
+        provider=provider,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert clock.slept > 0  # it waited for the retry to fall due
+    assert report.complete and report.counts[DeliveryStatus.SENT] == 4
+    assert set(provider.copies.values()) == {1}  # nobody twice
+    assert report.retried == 2
+
+
+def test_retries_are_bounded_then_fail_with_reason(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    eid = _edition(sessions, settings, readers=1)
+    provider = Recording(["retry"] * 10)
+    clock = FakeClock()
+    report = sender.send_edition(
+        sessions,
+        settings=settings,
+        edition_id=eid,
+        provider=provider,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert report.counts[DeliveryStatus.FAILED] == 1
+    with sessions() as s:
+        row = s.scalars(select(Delivery)).one()
+    assert row.attempts == settings.delivery.max_attempts
+    assert row.error and "gave up after 5 attempts" in row.error
+
+
+def test_permanent_failure_is_recorded_not_retried(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    eid = _edition(sessions, settings, readers=2)
+    report = sender.send_edition(
+        sessions, settings=settings, edition_id=eid, provider=Recording(["fail"])
+    )
+    assert report.counts[DeliveryStatus.FAILED] == 2 and report.complete
+
+
+def test_provider_config_error_releases_the_batch(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    eid = _edition(sessions, settings, readers=3)
+    with pytest.raises(ProviderConfigError):
+        sender.send_edition(
+            sessions, settings=settings, edition_id=eid, provider=Recording(["config"])
+        )
+    with sessions() as s:
+        assert outbox.stats(s, edition_id=eid)[DeliveryStatus.QUEUED] == 3
+        assert s.scalar(select(func.max(Delivery.attempts))) == 0
+    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
+    assert report.counts[DeliveryStatus.SENT] == 3
+
+
+@pytest.mark.parametrize("policy_", ["skip", "resend"])
+def test_expired_batch_becomes_uncertain(
+    sessions: sessionmaker[Session], settings: Settings, policy_: str
+) -> None:
+    settings = settings.model_copy(
+        update={"delivery": settings.delivery.model_copy(update={"uncertain": policy_})}
+    )
+    eid = _edition(sessions, settings, readers=3)
+    long_ago = utcnow() - timedelta(hours=1)
+    with sessions.begin() as s:
+        sender.start_send(s, settings=settings, edition_id=eid, now=long_ago)
+        # a sender claimed a batch, handed it to the provider, and died
+        _, claimed = outbox.claim_batch(s, edition_id=eid, limit=2, lease_seconds=60, now=long_ago)
+    assert len(claimed) == 2
+    provider = Recording()
+    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    assert report.recovered_uncertain == 2
+    if policy_ == "skip":
+        assert report.counts[DeliveryStatus.UNCERTAIN] == 2
+        assert report.counts[DeliveryStatus.SENT] == 1
+        assert sum(provider.copies.values()) == 1
+    else:
+        assert report.counts[DeliveryStatus.SENT] == 3
+        assert sum(provider.copies.values()) == 3
+
+
+def test_pause_resume_cancel(sessions: sessionmaker[Session], settings: Settings) -> None:
+    eid = _edition(sessions, settings, readers=6)
+    with sessions.begin() as s:
+        sender.start_send(s, settings=settings, edition_id=eid, now=utcnow())
+        sender.pause(s, edition_id=eid)
+    with pytest.raises(StateError, match="paused"):
+        sender.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
+    with sessions.begin() as s:
+        sender.resume(s, edition_id=eid)
+    provider = Recording()
+    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    assert report.counts[DeliveryStatus.SENT] == 6
+    with sessions.begin() as s:
+        with pytest.raises(StateError):
+            sender.cancel(s, edition_id=eid)  # already sent: nothing to cancel
+
+
+def test_cancel_stops_unsent(sessions: sessionmaker[Session], settings: Settings) -> None:
+    eid = _edition(sessions, settings, readers=4)
+    with sessions.begin() as s:
+        sender.start_send(s, settings=settings, edition_id=eid, now=utcnow())
+        assert sender.cancel(s, edition_id=eid) == 4
+    with pytest.raises(StateError, match="cancelled"):
+        sender.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
+
+
+def test_two_claimers_never_share_a_row(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    eid = _edition(sessions, settings, readers=10)
+    with sessions.begin() as s:
+        sender.start_send(s, settings=settings, edition_id=eid, now=utcnow())
+    seen: list[int] = []
+    for _ in range(6):
+        with sessions.begin() as s:
+            _, claimed = outbox.claim_batch(
+                s, edition_id=eid, limit=3, lease_seconds=60, now=utcnow()
+            )
+            seen += [c.id for c in claimed]
+    assert len(seen) == len(set(seen)) == 10
