@@ -123,6 +123,7 @@ class DeliverySettings(_Section):
     max_attempts: int = Field(default=5, ge=1)
     retry_base_seconds: float = Field(default=2.0, ge=0)
     rate_per_second: float | None = Field(default=None, gt=0)
+    concurrency: int = Field(default=1, ge=1, le=32)
     uncertain: Literal["skip", "resend"] = "skip"
     sendgrid: SendGridSettings = SendGridSettings()
     smtp: SMTPSettings = SMTPSettings()

@@ -185,6 +185,7 @@ def send_edition(
     """
     started = time.monotonic()
     delivery = settings.delivery
+    provider.check()
     with transaction(sessions) as session:
         edition, content, queued, recovered = start_send(
             session, settings=settings, edition_id=edition_id, now=clock()

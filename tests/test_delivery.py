@@ -76,6 +76,9 @@ class Recording:
         self.script = list(script)  # per call: "ok", "retry", "fail", "config"
         self.copies: Counter[str] = Counter()
 
+    def check(self) -> None:
+        pass
+
     def send_batch(
         self, edition: PreparedEdition, recipients: Sequence[Recipient]
     ) -> list[Outcome]:

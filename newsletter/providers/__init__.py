@@ -16,4 +16,12 @@ def make_provider(settings: Settings, name: str | None = None) -> Provider:
         from newsletter.providers.outbox import OutboxProvider
 
         return OutboxProvider(settings.outbox_path)
+    if name == "sendgrid":
+        from newsletter.providers.sendgrid import SendGridProvider
+
+        return SendGridProvider.from_settings(settings)
+    if name == "smtp":
+        from newsletter.providers.smtp import SMTPProvider
+
+        return SMTPProvider.from_settings(settings)
     raise ConfigError(f"delivery.provider {name!r} is not available in this build")

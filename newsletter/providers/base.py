@@ -3,8 +3,13 @@
 A provider takes one edition (rendered once, with per-recipient placeholders) and a
 batch of recipients, hands them to a mail system, and says what happened to each::
 
+    provider.check()                                      # before anything is claimed
     outcomes = provider.send_batch(edition, recipients)   # one Outcome per recipient
     provider.close()
+
+``check`` raises ProviderConfigError when the provider cannot work at all (missing
+key, unreachable host, rejected credentials), so a send stops before it claims.
+Providers may be called from several sender threads at once (delivery.concurrency).
 
 ``send_batch`` must not raise for per-recipient or transient trouble: it returns
 ``failed`` (permanent, with the reason) or ``retry`` (transient, optionally with a
@@ -77,6 +82,8 @@ class Provider(Protocol):
 
     name: str
     max_batch: int
+
+    def check(self) -> None: ...
 
     def send_batch(
         self, edition: PreparedEdition, recipients: Sequence[Recipient]

@@ -69,5 +69,10 @@ class OutboxProvider:
             outcomes.append(Outcome(r.delivery_id, "sent", message_id=str(msg["Message-ID"])))
         return outcomes
 
+    def check(self) -> None:
+        """The folder must be writable."""
+        if not os.access(self.root, os.W_OK):
+            raise ProviderConfigError(f"outbox folder {self.root} is not writable")
+
     def close(self) -> None:
         """Nothing to release."""
