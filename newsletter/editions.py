@@ -65,16 +65,23 @@ def select_stories(
     return list(session.scalars(query))
 
 
+def _inert(text: str) -> str:
+    """Break up any per-recipient placeholder a feed smuggles into a story's text."""
+    for placeholder in render.PLACEHOLDERS:
+        text = text.replace(placeholder, placeholder.replace("%%", "%\u200b%"))
+    return text
+
+
 def _freeze_items(edition: Edition, stories: Sequence[Story]) -> None:
     edition.items = [
         EditionStory(
             story_id=s.id,
             position=i,
-            title=s.title,
+            title=_inert(s.title),
             url=s.url,
-            summary=clean_summary(s.summary),
-            kicker=s.kicker,
-            source=s.source,
+            summary=_inert(clean_summary(s.summary)),
+            kicker=_inert(s.kicker),
+            source=_inert(s.source),
             published_at=s.published_at,
         )
         for i, s in enumerate(stories, start=1)

@@ -154,7 +154,7 @@ DELIVERY_TRANSITIONS: dict[DeliveryStatus, set[DeliveryStatus]] = {
     },
     DeliveryStatus.UNCERTAIN: {DeliveryStatus.QUEUED, DeliveryStatus.CANCELLED},
     DeliveryStatus.SENT: set(),
-    DeliveryStatus.FAILED: set(),
+    DeliveryStatus.FAILED: {DeliveryStatus.QUEUED},  # an operator's requeue
     DeliveryStatus.CANCELLED: set(),
 }
 

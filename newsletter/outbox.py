@@ -19,8 +19,21 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import Select, and_, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Executable,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -36,11 +49,18 @@ from newsletter.providers.base import Outcome
 
 log = logging.getLogger(__name__)
 
+DELIVERIES = cast(Table, Delivery.__table__)
+
 CLAIMABLE = (DeliveryStatus.QUEUED, DeliveryStatus.RETRY)
 OPEN = (DeliveryStatus.QUEUED, DeliveryStatus.RETRY, DeliveryStatus.SENDING)
 
 
-def audience_query(slug: str) -> Select[tuple[int, str, str, str, str | None]]:
+def _changed(session: Session, stmt: Executable) -> int:
+    """Run a bulk UPDATE and return how many rows it changed."""
+    return int(session.connection().execute(stmt).rowcount or 0)
+
+
+def audience_query(slug: str) -> Select[int, str, str, str, str | None]:
     """Confirmed, non-suppressed subscribers of ``slug`` (id, email, name, key, tz)."""
     suppressed = select(Suppression.id).where(Suppression.email == Subscriber.email).exists()
     return (
@@ -87,7 +107,7 @@ def freeze_audience(session: Session, *, edition_id: int, slug: str, now: dateti
         literal(now, Delivery.created_at.type),
         literal(now, Delivery.updated_at.type),
     ).where(~already)
-    stmt = insert(Delivery.__table__).from_select(
+    stmt = insert(DELIVERIES).from_select(
         [
             "edition_id",
             "subscriber_id",
@@ -220,7 +240,7 @@ def record_outcomes(
     conn = session.connection()
     if sent:
         conn.execute(
-            update(Delivery.__table__)
+            update(DELIVERIES)
             .where(guard)
             .values(
                 status=DeliveryStatus.SENT.value,
@@ -234,7 +254,7 @@ def record_outcomes(
         )
     if failed:
         conn.execute(
-            update(Delivery.__table__)
+            update(DELIVERIES)
             .where(guard)
             .values(
                 status=DeliveryStatus.FAILED.value,
@@ -246,7 +266,7 @@ def record_outcomes(
         )
     if retry:
         conn.execute(
-            update(Delivery.__table__)
+            update(DELIVERIES)
             .where(guard)
             .values(
                 status=DeliveryStatus.RETRY.value,
@@ -281,64 +301,54 @@ def recover_expired(session: Session, *, edition_id: int, now: datetime, resend:
         Delivery.status == DeliveryStatus.SENDING,
         Delivery.lease_expires_at < now,
     )
-    count = session.execute(
+    count = _changed(
+        session,
         update(Delivery)
         .where(expired)
         .values(
             status=DeliveryStatus.UNCERTAIN,
             error="sender stopped while the provider held this batch",
             updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        ),
+    )
     if count:
         log.warning(
             "edition %s: %d deliveries are uncertain (sender died mid-batch)", edition_id, count
         )
     if count and resend:
         requeue(session, edition_id=edition_id, statuses=[DeliveryStatus.UNCERTAIN], now=now)
-    return int(count or 0)
+    return count
 
 
 def requeue(
     session: Session, *, edition_id: int, statuses: Iterable[DeliveryStatus], now: datetime
 ) -> int:
     """Queue rows in ``statuses`` (uncertain, failed on operator request) again."""
-    allowed = [
-        s
-        for s in statuses
-        if s in delivery_sources(DeliveryStatus.QUEUED) or s is DeliveryStatus.FAILED
-    ]
-    return int(
-        session.execute(
-            update(Delivery)
-            .where(Delivery.edition_id == edition_id, Delivery.status.in_(allowed))
-            .values(
-                status=DeliveryStatus.QUEUED,
-                batch_id=None,
-                lease_expires_at=None,
-                not_before=None,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        or 0
+    allowed = [s for s in statuses if s in delivery_sources(DeliveryStatus.QUEUED)]
+    return _changed(
+        session,
+        update(Delivery)
+        .where(Delivery.edition_id == edition_id, Delivery.status.in_(allowed))
+        .values(
+            status=DeliveryStatus.QUEUED,
+            batch_id=None,
+            lease_expires_at=None,
+            not_before=None,
+            updated_at=now,
+        ),
     )
 
 
 def cancel_open(session: Session, *, edition_id: int, now: datetime) -> int:
     """Cancel every row not yet handed to a provider (queued, retry, uncertain)."""
-    return int(
-        session.execute(
-            update(Delivery)
-            .where(
-                Delivery.edition_id == edition_id,
-                Delivery.status.in_(delivery_sources(DeliveryStatus.CANCELLED)),
-            )
-            .values(status=DeliveryStatus.CANCELLED, updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        or 0
+    return _changed(
+        session,
+        update(Delivery)
+        .where(
+            Delivery.edition_id == edition_id,
+            Delivery.status.in_(delivery_sources(DeliveryStatus.CANCELLED)),
+        )
+        .values(status=DeliveryStatus.CANCELLED, updated_at=now),
     )
 
 
@@ -354,10 +364,10 @@ def stats(session: Session, *, edition_id: int | None = None) -> dict[DeliverySt
 
 
 def next_due(session: Session, *, edition_id: int) -> datetime | None:
-    """When the earliest waiting retry becomes due (None when none wait)."""
+    """When the earliest waiting row (retry, or a later local-time wave) becomes due."""
     return session.scalar(
         select(func.min(Delivery.not_before)).where(
-            Delivery.edition_id == edition_id, Delivery.status == DeliveryStatus.RETRY
+            Delivery.edition_id == edition_id, Delivery.status.in_(CLAIMABLE)
         )
     )
 
@@ -392,18 +402,15 @@ def next_lease_expiry(session: Session, *, edition_id: int) -> datetime | None:
 
 def release(session: Session, *, batch_id: str, now: datetime) -> int:
     """Hand a claimed batch back to the queue (the provider accepted none of it)."""
-    return int(
-        session.execute(
-            update(Delivery)
-            .where(Delivery.batch_id == batch_id, Delivery.status == DeliveryStatus.SENDING)
-            .values(
-                status=DeliveryStatus.QUEUED,
-                batch_id=None,
-                lease_expires_at=None,
-                attempts=Delivery.attempts - 1,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        or 0
+    return _changed(
+        session,
+        update(Delivery)
+        .where(Delivery.batch_id == batch_id, Delivery.status == DeliveryStatus.SENDING)
+        .values(
+            status=DeliveryStatus.QUEUED,
+            batch_id=None,
+            lease_expires_at=None,
+            attempts=Delivery.attempts - 1,
+            updated_at=now,
+        ),
     )

@@ -176,10 +176,13 @@ def send_edition(
     progress: Progress | None = None,
     clock: Callable[[], datetime] = utcnow,
     sleep: Callable[[float], None] = time.sleep,
+    wait: bool = True,
 ) -> SendReport:
     """Send edition ``edition_id`` to its frozen audience; safe to run again.
 
-    Recipients already sent (or failed) are never sent again. Returns a report;
+    Recipients already sent (or failed) are never sent again. With ``wait`` the call
+    returns when every recipient is handled, sleeping for retries and later waves;
+    without, it sends what is due now and returns. Returns a report;
     raises StateError for a paused/cancelled edition, RenderError/CheckFailed when
     the content fails its checks, ProviderConfigError when the provider cannot send.
     """
@@ -210,7 +213,7 @@ def send_edition(
                     now=clock(),
                 )
             if not claimed:
-                if _wait_or_finish(sessions, edition_id, clock, sleep, settings):
+                if _wait_or_finish(sessions, edition_id, clock, sleep if wait else None, settings):
                     break
                 continue
             recipients = [
@@ -267,16 +270,21 @@ def _wait_or_finish(
     sessions: sessionmaker[Session],
     edition_id: int,
     clock: Callable[[], datetime],
-    sleep: Callable[[float], None],
+    sleep: Callable[[float], None] | None,
     settings: Settings,
 ) -> bool:
-    """Nothing claimable now: finish the edition, or wait for retries/leases. True = done."""
+    """Nothing claimable now: finish the edition, or wait for retries/leases.
+
+    Returns True when the loop should end: the edition is done, or ``sleep`` is None
+    (the caller sends only what is due now)."""
     with transaction(sessions) as session:
         if _finish_if_done(session, edition_id, clock()):
             return True
         now = clock()
         due = outbox.next_due(session, edition_id=edition_id)
         lease = outbox.next_lease_expiry(session, edition_id=edition_id)
+    if sleep is None:
+        return True
     wake = min(t for t in (due, lease) if t is not None) if (due or lease) else None
     delay = (wake - now).total_seconds() if wake else 1.0
     sleep(min(max(delay, 0.05), float(settings.delivery.lease_seconds)))

@@ -162,11 +162,13 @@ def parse_date(value: str | None) -> date | None:
 
 
 class UserError(click.ClickException):
-    """A NewsletterError shown as one line with its own exit code."""
+    """A NewsletterError shown as one line; exit code 1."""
 
-    def __init__(self, err: NewsletterError) -> None:
-        super().__init__(str(err))
-        self.exit_code = err.exit_code
+
+class BadInput(UserError):
+    """A NewsletterError about input or configuration; exit code 2."""
+
+    exit_code = 2
 
 
 class Group(click.Group):
@@ -176,4 +178,4 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except NewsletterError as err:
-            raise UserError(err) from None
+            raise (BadInput if err.exit_code == 2 else UserError)(str(err)) from None

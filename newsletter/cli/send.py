@@ -11,10 +11,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from newsletter import editions, outbox, pipeline, sender
+from newsletter import editions, outbox, pipeline, render, sender
 from newsletter.cli.common import App, emit_rows, parse_date, pass_app
 from newsletter.errors import InputError
-from newsletter.models import DeliveryStatus
+from newsletter.models import DeliveryStatus, Edition
 from newsletter.providers import make_provider
 from newsletter.subscribers import normalise_email
 
@@ -166,9 +166,9 @@ def send(
         click.echo(f"messages are in {settings.outbox_path}")
 
 
-def _report_dry_run(app: App, edition: editions.Edition) -> None:
+def _report_dry_run(app: App, edition: Edition) -> None:
     content = editions.frozen_content(edition) or editions.render_edition(edition, app.settings)
-    problems = editions.render.check_rendered(content)
+    problems = render.check_rendered(content)
     with app.transaction() as session:
         frozen = sum(outbox.stats(session, edition_id=edition.id).values())
         audience = frozen or outbox.audience_count(session, slug=edition.newsletter)
