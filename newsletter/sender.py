@@ -31,6 +31,7 @@ from newsletter.providers.base import Outcome, PreparedEdition, Provider, Recipi
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (handled in this batch, total audience)
+POLL_SECONDS = 0.25
 
 
 @dataclass
@@ -167,12 +168,149 @@ def _finish_if_done(session: Session, edition_id: int, now: datetime) -> bool:
     return True
 
 
+class RateLimiter:
+    """Spaces batches so a provider gets at most ``rate`` messages per second overall."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.clock = rate, clock
+        self.next_free = clock()
+        self.lock = threading.Lock()
+
+    def delay_for(self, messages: int) -> float:
+        """Reserve ``messages`` slots; returns how long the caller must wait first."""
+        with self.lock:
+            now = self.clock()
+            start = max(now, self.next_free)
+            self.next_free = start + messages / self.rate
+            return start - now
+
+
+class Failover:
+    """The provider in use: the primary until it fails transiently too often in a row."""
+
+    def __init__(self, primary: Provider, secondary: Provider | None, threshold: int) -> None:
+        self.primary, self.secondary, self.threshold = primary, secondary, threshold
+        self.current = primary
+        self.failures = 0
+        self.lock = threading.Lock()
+
+    def record(self, provider: Provider, outcomes: list[Outcome]) -> None:
+        """Count a batch that was wholly transient failures; switch at the threshold."""
+        with self.lock:
+            if provider is not self.current:
+                return
+            if outcomes and all(o.status == "retry" for o in outcomes):
+                self.failures += 1
+            else:
+                self.failures = 0
+            if self.secondary and self.current is self.primary and self.failures >= self.threshold:
+                log.warning(
+                    "%s failed %d batches in a row: failing over to %s",
+                    self.primary.name,
+                    self.failures,
+                    self.secondary.name,
+                )
+                self.current, self.failures = self.secondary, 0
+
+
+@dataclass
+class _Run:
+    """The shared state of one send: what every sender thread works from."""
+
+    sessions: sessionmaker[Session]
+    settings: Settings
+    edition_id: int
+    prepared: PreparedEdition
+    providers: Failover
+    limiter: RateLimiter | None
+    clock: Callable[[], datetime]
+    sleep: Callable[[float], None] | None
+    progress: Progress | None
+    total: int
+    report: SendReport
+    stop: threading.Event
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    error: BaseException | None = None
+
+    def worker(self) -> None:
+        """Claim → send → record until the edition is done, paused or stopped."""
+        try:
+            while not self.stop.is_set() and self.one_batch():
+                pass
+        except BaseException as exc:  # re-raised by the caller's thread
+            with self.lock:
+                self.error = self.error or exc
+            self.stop.set()
+
+    def one_batch(self) -> bool:
+        """Handle one batch; False when this worker should end."""
+        delivery = self.settings.delivery
+        provider = self.providers.current
+        with transaction(self.sessions) as session:
+            status = editions.get_edition(session, self.edition_id).status
+            if status in (EditionStatus.PAUSED, EditionStatus.CANCELLED):
+                self.report.stopped = status.value
+                return False
+            batch_id, claimed = outbox.claim_batch(
+                session,
+                edition_id=self.edition_id,
+                limit=min(delivery.batch_size, provider.max_batch),
+                lease_seconds=delivery.lease_seconds,
+                now=self.clock(),
+            )
+        if not claimed:
+            return not _wait_or_finish(
+                self.sessions, self.edition_id, self.clock, self.sleep, self.settings
+            )
+        slug = self.prepared.newsletter
+        recipients = [
+            recipient(
+                self.settings,
+                delivery_id=c.id,
+                email=c.email,
+                name=c.name,
+                key=c.subscriber_key,
+                newsletter=slug,
+            )
+            for c in claimed
+        ]
+        if self.limiter and (delay := self.limiter.delay_for(len(recipients))) > 0:
+            time.sleep(delay)
+        try:
+            outcomes = provider.send_batch(self.prepared, recipients)
+        except ProviderConfigError:
+            with transaction(self.sessions) as session:
+                # Nothing in this batch was accepted: hand it back untouched.
+                outbox.release(session, batch_id=batch_id, now=self.clock())
+            raise
+        self.providers.record(provider, outcomes)
+        with transaction(self.sessions) as session:
+            counts = outbox.record_outcomes(
+                session,
+                batch_id=batch_id,
+                outcomes=outcomes,
+                claimed=claimed,
+                provider=provider.name,
+                now=self.clock(),
+                max_attempts=delivery.max_attempts,
+                retry_base=delivery.retry_base_seconds,
+            )
+        with self.lock:
+            self.report.sent += counts["sent"]
+            self.report.failed += counts["failed"]
+            self.report.retried += counts["retry"]
+            if self.progress:
+                self.progress(counts["sent"] + counts["failed"], self.total)
+        return True
+
+
 def send_edition(
     sessions: sessionmaker[Session],
     *,
     settings: Settings,
     edition_id: int,
     provider: Provider,
+    secondary: Provider | None = None,
     progress: Progress | None = None,
     clock: Callable[[], datetime] = utcnow,
     sleep: Callable[[float], None] = time.sleep,
@@ -182,75 +320,56 @@ def send_edition(
 
     Recipients already sent (or failed) are never sent again. With ``wait`` the call
     returns when every recipient is handled, sleeping for retries and later waves;
-    without, it sends what is due now and returns. Returns a report;
-    raises StateError for a paused/cancelled edition, RenderError/CheckFailed when
-    the content fails its checks, ProviderConfigError when the provider cannot send.
+    without, it sends what is due now and returns. ``delivery.concurrency`` sender
+    threads share the work; ``delivery.rate_per_second`` throttles them; after
+    ``delivery.failover_after`` wholly-transient failed batches in a row the rest
+    goes through ``secondary``. Raises StateError for a paused/cancelled edition,
+    RenderError/CheckFailed when the content fails its checks, ProviderConfigError
+    when a provider cannot send.
     """
     started = time.monotonic()
     delivery = settings.delivery
-    provider.check()
+    for p in (provider, secondary):
+        if p is not None:
+            p.check()
     with transaction(sessions) as session:
         edition, content, queued, recovered = start_send(
             session, settings=settings, edition_id=edition_id, now=clock()
         )
-        slug = edition.newsletter
         prepared = prepare(settings, edition, content)
         total = sum(outbox.stats(session, edition_id=edition_id).values())
-    report = SendReport(edition_id, slug, newly_queued=queued, recovered_uncertain=recovered)
-    batch_size = min(delivery.batch_size, provider.max_batch)
+    report = SendReport(
+        edition_id, edition.newsletter, newly_queued=queued, recovered_uncertain=recovered
+    )
     with _graceful_stop() as stop:
-        while not stop.is_set():
-            with transaction(sessions) as session:
-                status = editions.get_edition(session, edition_id).status
-                if status in (EditionStatus.PAUSED, EditionStatus.CANCELLED):
-                    report.stopped = status.value
-                    break
-                batch_id, claimed = outbox.claim_batch(
-                    session,
-                    edition_id=edition_id,
-                    limit=batch_size,
-                    lease_seconds=delivery.lease_seconds,
-                    now=clock(),
-                )
-            if not claimed:
-                if _wait_or_finish(sessions, edition_id, clock, sleep if wait else None, settings):
-                    break
-                continue
-            recipients = [
-                recipient(
-                    settings,
-                    delivery_id=c.id,
-                    email=c.email,
-                    name=c.name,
-                    key=c.subscriber_key,
-                    newsletter=slug,
-                )
-                for c in claimed
-            ]
-            try:
-                outcomes = provider.send_batch(prepared, recipients)
-            except ProviderConfigError:
-                with transaction(sessions) as session:
-                    # Nothing in this batch was accepted: hand it back untouched.
-                    outbox.release(session, batch_id=batch_id, now=clock())
-                raise
-            with transaction(sessions) as session:
-                counts = outbox.record_outcomes(
-                    session,
-                    batch_id=batch_id,
-                    outcomes=outcomes,
-                    claimed=claimed,
-                    provider=provider.name,
-                    now=clock(),
-                    max_attempts=delivery.max_attempts,
-                    retry_base=delivery.retry_base_seconds,
-                )
-            report.sent += counts["sent"]
-            report.failed += counts["failed"]
-            report.retried += counts["retry"]
-            if progress:
-                progress(counts["sent"] + counts["failed"], total)
+        run = _Run(
+            sessions=sessions,
+            settings=settings,
+            edition_id=edition_id,
+            prepared=prepared,
+            providers=Failover(provider, secondary, delivery.failover_after),
+            limiter=RateLimiter(delivery.rate_per_second) if delivery.rate_per_second else None,
+            clock=clock,
+            sleep=sleep if wait else None,
+            progress=progress,
+            total=total,
+            report=report,
+            stop=stop,
+        )
+        if delivery.concurrency == 1:
+            run.worker()
         else:
+            threads = [
+                threading.Thread(target=run.worker, name=f"sender-{i}", daemon=True)
+                for i in range(delivery.concurrency)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if run.error is not None:
+            raise run.error
+        if stop.is_set() and not report.stopped:
             report.stopped = "interrupted"
     with transaction(sessions) as session:
         report.counts = outbox.stats(session, edition_id=edition_id)
@@ -285,8 +404,11 @@ def _wait_or_finish(
         lease = outbox.next_lease_expiry(session, edition_id=edition_id)
     if sleep is None:
         return True
-    wake = min(t for t in (due, lease) if t is not None) if (due or lease) else None
-    delay = (wake - now).total_seconds() if wake else 1.0
+    delay = (due - now).total_seconds() if due else 1.0
+    if lease is not None:
+        # Rows are claimed: by a sibling thread or another sender (finishing soon), or by
+        # one that died (its lease runs out). Look again shortly either way.
+        delay = min(delay, POLL_SECONDS, (lease - now).total_seconds())
     sleep(min(max(delay, 0.05), float(settings.delivery.lease_seconds)))
     with transaction(sessions) as session:
         outbox.recover_expired(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -28,6 +29,7 @@ from newsletter.models import (
 )
 from newsletter.providers.base import Outcome, PreparedEdition, Recipient
 from newsletter.providers.outbox import OutboxProvider
+from newsletter.sender import RateLimiter
 from tests import factories
 
 
@@ -72,9 +74,13 @@ class Recording:
     name = "recording"
     max_batch = 2
 
-    def __init__(self, script: Sequence[str] = ()) -> None:
+    def __init__(
+        self, script: Sequence[str] = (), *, name: str = "recording", default: str = "ok"
+    ) -> None:
         self.script = list(script)  # per call: "ok", "retry", "fail", "config"
+        self.name, self.default = name, default
         self.copies: Counter[str] = Counter()
+        self.lock = threading.Lock()
 
     def check(self) -> None:
         pass
@@ -82,11 +88,12 @@ class Recording:
     def send_batch(
         self, edition: PreparedEdition, recipients: Sequence[Recipient]
     ) -> list[Outcome]:
-        action = self.script.pop(0) if self.script else "ok"
+        with self.lock:
+            action = self.script.pop(0) if self.script else self.default
+            if action == "ok":
+                self.copies.update(r.email for r in recipients)
         if action == "config":
             raise ProviderConfigError("401 bad key")
-        if action == "ok":
-            self.copies.update(r.email for r in recipients)
         status = {"ok": "sent", "retry": "retry", "fail": "failed"}[action]
         return [
             Outcome(
@@ -294,3 +301,54 @@ def test_two_claimers_never_share_a_row(
             )
             seen += [c.id for c in claimed]
     assert len(seen) == len(set(seen)) == 10
+
+
+def _with_delivery(settings: Settings, **changes: object) -> Settings:
+    return settings.model_copy(update={"delivery": settings.delivery.model_copy(update=changes)})
+
+
+def test_concurrent_senders_deliver_each_recipient_once(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    settings = _with_delivery(settings, concurrency=4)
+    eid = _edition(sessions, settings, readers=41)
+    provider = Recording()
+    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    assert report.complete and report.counts[DeliveryStatus.SENT] == 41
+    assert len(provider.copies) == 41 and set(provider.copies.values()) == {1}
+    assert report.sent == 41
+
+
+def test_failover_to_secondary_after_threshold(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    settings = _with_delivery(settings, failover_after=2)
+    eid = _edition(sessions, settings, readers=6)
+    primary = Recording(name="primary", default="retry")
+    secondary = Recording(name="secondary")
+    clock = FakeClock()
+    report = sender.send_edition(
+        sessions,
+        settings=settings,
+        edition_id=eid,
+        provider=primary,
+        secondary=secondary,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert report.counts[DeliveryStatus.SENT] == 6
+    assert sum(primary.copies.values()) == 0
+    assert set(secondary.copies.values()) == {1} and len(secondary.copies) == 6
+    with sessions() as s:
+        carriers = Counter(s.scalars(select(Delivery.provider)).all())
+    assert carriers == {"secondary": 6}
+
+
+def test_rate_limiter_spaces_batches() -> None:
+    now = [100.0]
+    limiter = RateLimiter(1000.0, clock=lambda: now[0])
+    assert limiter.delay_for(500) == 0.0
+    assert limiter.delay_for(500) == pytest.approx(0.5)
+    assert limiter.delay_for(1000) == pytest.approx(1.0)
+    now[0] += 5.0  # idle time does not bank a burst beyond the current instant
+    assert limiter.delay_for(10) == 0.0
