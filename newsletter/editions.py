@@ -20,7 +20,15 @@ from sqlalchemy.orm import Session, selectinload
 from newsletter import render
 from newsletter.config import NewsletterSettings, Settings
 from newsletter.errors import NoStoriesError, NotFoundError, StateError
-from newsletter.models import Edition, EditionStatus, EditionStory, Story, utcnow
+from newsletter.models import (
+    Edition,
+    EditionKind,
+    EditionStatus,
+    EditionStory,
+    Story,
+    transition_edition,
+    utcnow,
+)
 from newsletter.stories import clean_summary, summary_text
 
 log = logging.getLogger(__name__)
@@ -91,7 +99,11 @@ def _freeze_items(edition: Edition, stories: Sequence[Story]) -> None:
 def find_edition(session: Session, *, slug: str, issue_date: date) -> Edition | None:
     """The edition of ``slug`` for ``issue_date``, if built."""
     return session.scalar(
-        select(Edition).where(Edition.newsletter == slug, Edition.issue_date == issue_date)
+        select(Edition).where(
+            Edition.newsletter == slug,
+            Edition.issue_date == issue_date,
+            Edition.kind == EditionKind.REGULAR,
+        )
     )
 
 
@@ -116,7 +128,7 @@ def build_edition(
     edition = find_edition(session, slug=slug, issue_date=issue_date)
     if edition is not None and not rebuild:
         return edition, False
-    if edition is not None and edition.status is not EditionStatus.BUILT:
+    if edition is not None and edition.status not in (EditionStatus.BUILT, EditionStatus.HELD):
         raise StateError(
             f"edition {edition.id} is {edition.status.value}: it cannot be rebuilt once "
             "sending has started"
@@ -168,6 +180,14 @@ def get_edition(session: Session, edition_id: int, *, for_update: bool = False) 
     if edition is None:
         raise NotFoundError(f"no edition with id {edition_id}")
     return edition
+
+
+def edition_status(session: Session, edition_id: int) -> EditionStatus:
+    """Just the edition's status (cheap: checked before every batch)."""
+    status = session.scalar(select(Edition.status).where(Edition.id == edition_id))
+    if status is None:
+        raise NotFoundError(f"no edition with id {edition_id}")
+    return status
 
 
 def list_editions(
@@ -248,3 +268,35 @@ def freeze_content(
     edition.subject, edition.html, edition.text = content.subject, content.html, content.text
     session.flush()
     return content
+
+
+def hold_edition(
+    session: Session, *, edition_id: int, reason: str = "held by an editor"
+) -> Edition:
+    """Hold a built edition for review: no scheduled send starts until it is released.
+
+    Holding a held edition is a no-op. Raises StateError once sending has started
+    (pause a running send with `newsletter send --pause`), NotFoundError.
+    """
+    edition = get_edition(session, edition_id, for_update=True)
+    if edition.status is EditionStatus.HELD:
+        return edition
+    if edition.status is not EditionStatus.BUILT:
+        raise StateError(
+            f"edition {edition_id} is {edition.status.value}: only a built edition can be "
+            "held (pause a running send with `newsletter send --pause ID`)"
+        )
+    transition_edition(edition, EditionStatus.HELD)
+    log.warning("edition %s of %s held: %s", edition.id, edition.newsletter, reason)
+    return edition
+
+
+def release_edition(session: Session, *, edition_id: int) -> Edition:
+    """Release a held edition: its scheduled send goes out at the scheduler's next tick
+    (unless past the newsletter's staleness deadline). Raises StateError, NotFoundError."""
+    edition = get_edition(session, edition_id, for_update=True)
+    if edition.status is not EditionStatus.HELD:
+        raise StateError(f"edition {edition_id} is {edition.status.value}, not held")
+    transition_edition(edition, EditionStatus.BUILT)
+    log.info("edition %s of %s released", edition.id, edition.newsletter)
+    return edition

@@ -28,6 +28,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -114,6 +115,12 @@ class EditionStatus(enum.StrEnum):
     PAUSED = "paused"
     SENT = "sent"
     CANCELLED = "cancelled"
+    HELD = "held"  # stopped for editorial review (or by a failed pre-send check)
+
+
+class EditionKind(enum.StrEnum):
+    REGULAR = "regular"  # the scheduled issue: one per newsletter and date
+    SPECIAL = "special"  # a one-off (breaking news) from a file: any number per date
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -127,7 +134,8 @@ class DeliveryStatus(enum.StrEnum):
 
 
 EDITION_TRANSITIONS: dict[EditionStatus, set[EditionStatus]] = {
-    EditionStatus.BUILT: {EditionStatus.SENDING, EditionStatus.CANCELLED},
+    EditionStatus.BUILT: {EditionStatus.SENDING, EditionStatus.CANCELLED, EditionStatus.HELD},
+    EditionStatus.HELD: {EditionStatus.BUILT, EditionStatus.CANCELLED},
     EditionStatus.SENDING: {EditionStatus.SENT, EditionStatus.PAUSED, EditionStatus.CANCELLED},
     EditionStatus.PAUSED: {EditionStatus.SENDING, EditionStatus.CANCELLED},
     EditionStatus.SENT: {EditionStatus.SENDING},  # a resend of retried/uncertain rows
@@ -244,11 +252,24 @@ class Edition(Base):
     """One issue of a newsletter for one date, with its frozen stories and content."""
 
     __tablename__ = "editions"
-    __table_args__ = (UniqueConstraint("newsletter", "issue_date"),)
+    __table_args__ = (
+        # One regular edition per newsletter and date; special editions are unlimited.
+        Index(
+            "uq_editions_newsletter_issue_date",
+            "newsletter",
+            "issue_date",
+            unique=True,
+            sqlite_where=sql_text("kind = 'regular'"),
+            postgresql_where=sql_text("kind = 'regular'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     newsletter: Mapped[str] = mapped_column(String(64))
     issue_date: Mapped[date] = mapped_column(Date)
+    kind: Mapped[EditionKind] = mapped_column(
+        _enum(EditionKind), default=EditionKind.REGULAR, server_default=EditionKind.REGULAR.value
+    )
     status: Mapped[EditionStatus] = mapped_column(_enum(EditionStatus), default=EditionStatus.BUILT)
     subject: Mapped[str] = mapped_column(String(500), default="")
     # Rendered once when sending starts, so every recipient (and a resumed send)
@@ -361,3 +382,119 @@ def transition_subscription(sub: Subscription, new: SubscriptionStatus) -> None:
 def delivery_sources(new: DeliveryStatus) -> list[DeliveryStatus]:
     """Statuses a delivery may move to ``new`` from (for bulk UPDATE ... WHERE)."""
     return [old for old, targets in DELIVERY_TRANSITIONS.items() if new in targets]
+
+
+# ----- scheduling: job run history, the single-runner lease, scheduled sends ------
+
+
+class JobOutcome(enum.StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    SKIPPED = "skipped"  # past its staleness deadline, or missed its run time
+    HELD = "held"  # the edition is held for review (or failed its pre-send checks)
+    FAILED = "failed"  # the job raised; ``error`` holds the traceback
+    INTERRUPTED = "interrupted"  # its scheduler died mid-run
+
+
+class ScheduledSendStatus(enum.StrEnum):
+    PENDING = "pending"
+    PAUSED = "paused"
+    STARTED = "started"  # audience frozen; the dispatcher sends what is due
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+SCHEDULED_SEND_TRANSITIONS: dict[ScheduledSendStatus, set[ScheduledSendStatus]] = {
+    ScheduledSendStatus.PENDING: {
+        ScheduledSendStatus.STARTED,
+        ScheduledSendStatus.PAUSED,
+        ScheduledSendStatus.SKIPPED,
+        ScheduledSendStatus.FAILED,
+        ScheduledSendStatus.CANCELLED,
+    },
+    ScheduledSendStatus.PAUSED: {ScheduledSendStatus.PENDING, ScheduledSendStatus.CANCELLED},
+    ScheduledSendStatus.STARTED: {
+        ScheduledSendStatus.DONE,
+        ScheduledSendStatus.FAILED,
+        ScheduledSendStatus.CANCELLED,
+    },
+    ScheduledSendStatus.DONE: set(),
+    ScheduledSendStatus.SKIPPED: set(),
+    ScheduledSendStatus.FAILED: set(),
+    ScheduledSendStatus.CANCELLED: set(),
+}
+
+
+class JobRun(Base):
+    """One run of a scheduler job: when, what came of it, counts, and any traceback."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        Index("ix_job_runs_job_scheduled", "job_id", "scheduled_for"),
+        Index("ix_job_runs_started", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(32))
+    newsletter: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    edition_id: Mapped[int | None] = mapped_column(
+        ForeignKey("editions.id", ondelete="SET NULL"), nullable=True
+    )
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    outcome: Mapped[JobOutcome] = mapped_column(_enum(JobOutcome), default=JobOutcome.RUNNING)
+    holder: Mapped[str] = mapped_column(String(200), default="")
+    counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SchedulerLease(Base):
+    """The single-runner lock: only ``holder`` runs jobs until ``expires_at``."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ScheduledSend(Base):
+    """A send the scheduler starts at ``send_at``: a regular issue or a staff one-off.
+
+    ``edition_id`` is None for a one-off that builds the newsletter's edition when it
+    fires. ``local_time`` (HH:MM) makes the send go out in per-timezone waves.
+    """
+
+    __tablename__ = "scheduled_sends"
+    __table_args__ = (Index("ix_scheduled_sends_status_send_at", "status", "send_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    newsletter: Mapped[str] = mapped_column(String(64))
+    edition_id: Mapped[int | None] = mapped_column(
+        ForeignKey("editions.id", ondelete="CASCADE"), nullable=True
+    )
+    issue_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    source: Mapped[str] = mapped_column(String(16))  # schedule | at
+    send_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    local_time: Mapped[str | None] = mapped_column(String(5), nullable=True)
+    status: Mapped[ScheduledSendStatus] = mapped_column(
+        _enum(ScheduledSendStatus), default=ScheduledSendStatus.PENDING
+    )
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+def transition_scheduled_send(send: ScheduledSend, new: ScheduledSendStatus) -> None:
+    """Move a scheduled send to ``new``; StateError if the state machine forbids it."""
+    if new not in SCHEDULED_SEND_TRANSITIONS[send.status]:
+        raise StateError(f"scheduled send {send.id} is {send.status.value}; cannot become {new}")
+    send.status = new

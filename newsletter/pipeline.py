@@ -53,6 +53,7 @@ def run_newsletter(
     settings: Settings,
     slug: str,
     provider: Provider,
+    secondary: Provider | None = None,
     progress: sender.Progress | None = None,
 ) -> RunReport:
     """Fetch → build → check → send for one newsletter. Raises like its stages do."""
@@ -64,6 +65,11 @@ def run_newsletter(
             log.warning("feed %s skipped: %s", report.feed, report.error)
     edition_id, created = build_today(sessions, settings=settings, slug=slug)
     result = sender.send_edition(
-        sessions, settings=settings, edition_id=edition_id, provider=provider, progress=progress
+        sessions,
+        settings=settings,
+        edition_id=edition_id,
+        provider=provider,
+        secondary=secondary,
+        progress=progress,
     )
     return RunReport(slug, feeds, edition_id, created, result)

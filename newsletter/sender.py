@@ -83,20 +83,17 @@ def recipient(
 ) -> Recipient:
     """A recipient with signed unsubscribe/preferences links (no raw id or address)."""
     secret, base = settings.signing_key, settings.site.base_url
-    unsub = tokens.make_token(
+    token = tokens.make_token(
         secret, purpose="unsubscribe", subscriber_key=key, newsletter=newsletter
-    )
-    prefs = tokens.make_token(
-        secret, purpose="preferences", subscriber_key=key, newsletter=newsletter
     )
     return Recipient(
         delivery_id=delivery_id,
         email=email,
         name=name,
-        unsubscribe_url=f"{base}/unsubscribe/{unsub}",
-        preferences_url=f"{base}/preferences/{prefs}",
+        unsubscribe_url=f"{base}/unsubscribe/{token}",
+        preferences_url=f"{base}/preferences/{token}",
         unsubscribe_mailto=(
-            f"mailto:{settings.sender.unsubscribe_address}?subject={quote('unsubscribe ' + unsub)}"
+            f"mailto:{settings.sender.unsubscribe_address}?subject={quote('unsubscribe ' + token)}"
         ),
     )
 
@@ -134,6 +131,11 @@ def start_send(
     edition = editions.get_edition(session, edition_id, for_update=True)
     if edition.status is EditionStatus.CANCELLED:
         raise StateError(f"edition {edition.id} was cancelled; nothing will be sent")
+    if edition.status is EditionStatus.HELD:
+        raise StateError(
+            f"edition {edition.id} is held for review: "
+            f"release it with `newsletter edition release {edition.id}`"
+        )
     if edition.status is EditionStatus.PAUSED:
         raise StateError(
             f"edition {edition.id} is paused: "
@@ -247,7 +249,7 @@ class _Run:
         delivery = self.settings.delivery
         provider = self.providers.current
         with transaction(self.sessions) as session:
-            status = editions.get_edition(session, self.edition_id).status
+            status = editions.edition_status(session, self.edition_id)
             if status in (EditionStatus.PAUSED, EditionStatus.CANCELLED):
                 self.report.stopped = status.value
                 return False
@@ -424,6 +426,7 @@ def send_test(
     session: Session, *, settings: Settings, edition_id: int, email: str, provider: Provider
 ) -> Outcome:
     """Send one copy of an edition to ``email`` only; no ledger row, no audience."""
+    provider.check()
     edition = editions.get_edition(session, edition_id)
     content = editions.frozen_content(edition) or editions.render_edition(edition, settings)
     render.check_or_raise(content)

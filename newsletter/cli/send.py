@@ -15,7 +15,7 @@ from newsletter import editions, outbox, pipeline, render, sender
 from newsletter.cli.common import App, emit_rows, parse_date, pass_app
 from newsletter.errors import InputError
 from newsletter.models import DeliveryStatus, Edition
-from newsletter.providers import make_provider
+from newsletter.providers import open_providers
 from newsletter.subscribers import normalise_email
 
 log = logging.getLogger("newsletter.send")
@@ -135,8 +135,7 @@ def send(
             edition = editions.get_edition(session, edition_id)
             _report_dry_run(app, edition)
         return
-    provider = make_provider(settings)
-    try:
+    with open_providers(settings) as (provider, secondary):
         if test_to:
             email = normalise_email(test_to)
             with app.transaction() as session:
@@ -157,10 +156,9 @@ def send(
                 settings=settings,
                 edition_id=edition_id,
                 provider=provider,
+                secondary=secondary,
                 progress=progress,
             )
-    finally:
-        provider.close()
     print_summary(report)
     if settings.delivery.provider == "outbox":
         click.echo(f"messages are in {settings.outbox_path}")
@@ -201,14 +199,15 @@ def _dry_run_unbuilt(app: App, slug: str, issue_date: str | None) -> None:
 @pass_app
 def run(app: App, slug: str) -> None:
     """The main job: fetch feeds, build today's edition, check it, send it."""
-    provider = make_provider(app.settings)
-    try:
-        with progress_reporter() as progress:
-            report = pipeline.run_newsletter(
-                app.sessions, settings=app.settings, slug=slug, provider=provider, progress=progress
-            )
-    finally:
-        provider.close()
+    with open_providers(app.settings) as (provider, secondary), progress_reporter() as progress:
+        report = pipeline.run_newsletter(
+            app.sessions,
+            settings=app.settings,
+            slug=slug,
+            provider=provider,
+            secondary=secondary,
+            progress=progress,
+        )
     for feed in report.feeds:
         state = (
             f"error: {feed.error}"

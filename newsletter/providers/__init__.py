@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.providers.base import Outcome, PreparedEdition, Provider, Recipient
 
-__all__ = ["Outcome", "PreparedEdition", "Provider", "Recipient", "make_provider"]
+__all__ = [
+    "Outcome",
+    "PreparedEdition",
+    "Provider",
+    "Recipient",
+    "make_provider",
+    "open_providers",
+]
 
 
 def make_provider(settings: Settings, name: str | None = None) -> Provider:
@@ -25,3 +35,19 @@ def make_provider(settings: Settings, name: str | None = None) -> Provider:
 
         return SMTPProvider.from_settings(settings)
     raise ConfigError(f"delivery.provider {name!r} is not available in this build")
+
+
+@contextmanager
+def open_providers(settings: Settings) -> Iterator[tuple[Provider, Provider | None]]:
+    """The configured provider and its failover (if any), closed afterwards."""
+    primary = make_provider(settings)
+    try:
+        name = settings.delivery.secondary_provider
+        secondary = make_provider(settings, name) if name else None
+        try:
+            yield primary, secondary
+        finally:
+            if secondary is not None:
+                secondary.close()
+    finally:
+        primary.close()

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 21:41:30.803679
+Create Date: 2026-11-24 21:59:22.815622
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import newsletter.models
+
 
 revision = "0001"
 down_revision = None
@@ -26,6 +27,12 @@ def upgrade() -> None:
         sa.Column("newsletter", sa.String(length=64), nullable=False),
         sa.Column("issue_date", sa.Date(), nullable=False),
         sa.Column(
+            "kind",
+            sa.Enum("regular", "special", name="editionkind", native_enum=False, length=16),
+            server_default="regular",
+            nullable=False,
+        ),
+        sa.Column(
             "status",
             sa.Enum(
                 "built",
@@ -33,6 +40,7 @@ def upgrade() -> None:
                 "paused",
                 "sent",
                 "cancelled",
+                "held",
                 name="editionstatus",
                 native_enum=False,
                 length=16,
@@ -47,9 +55,24 @@ def upgrade() -> None:
         sa.Column("send_started_at", newsletter.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("send_finished_at", newsletter.models.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_editions")),
-        sa.UniqueConstraint(
-            "newsletter", "issue_date", name=op.f("uq_editions_newsletter_issue_date")
-        ),
+    )
+    with op.batch_alter_table("editions", schema=None) as batch_op:
+        batch_op.create_index(
+            "uq_editions_newsletter_issue_date",
+            ["newsletter", "issue_date"],
+            unique=True,
+            sqlite_where=sa.text("kind = 'regular'"),
+            postgresql_where=sa.text("kind = 'regular'"),
+        )
+
+    op.create_table(
+        "scheduler_leases",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("holder", sa.String(length=200), nullable=False),
+        sa.Column("acquired_at", newsletter.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("renewed_at", newsletter.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", newsletter.models.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_scheduler_leases")),
     )
     op.create_table(
         "stories",
@@ -208,6 +231,91 @@ def upgrade() -> None:
         ),
     )
     op.create_table(
+        "job_runs",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("job_id", sa.String(length=100), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("newsletter", sa.String(length=64), nullable=True),
+        sa.Column("edition_id", sa.Integer(), nullable=True),
+        sa.Column("scheduled_for", newsletter.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", newsletter.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", newsletter.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "outcome",
+            sa.Enum(
+                "running",
+                "ok",
+                "skipped",
+                "held",
+                "failed",
+                "interrupted",
+                name="joboutcome",
+                native_enum=False,
+                length=16,
+            ),
+            nullable=False,
+        ),
+        sa.Column("holder", sa.String(length=200), nullable=False),
+        sa.Column("counts", sa.JSON(), nullable=False),
+        sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["edition_id"],
+            ["editions.id"],
+            name=op.f("fk_job_runs_edition_id_editions"),
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_job_runs")),
+    )
+    with op.batch_alter_table("job_runs", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_job_runs_job_scheduled", ["job_id", "scheduled_for"], unique=False
+        )
+        batch_op.create_index("ix_job_runs_started", ["started_at"], unique=False)
+
+    op.create_table(
+        "scheduled_sends",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("newsletter", sa.String(length=64), nullable=False),
+        sa.Column("edition_id", sa.Integer(), nullable=True),
+        sa.Column("issue_date", sa.Date(), nullable=True),
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("send_at", newsletter.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("deadline", newsletter.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("local_time", sa.String(length=5), nullable=True),
+        sa.Column(
+            "status",
+            sa.Enum(
+                "pending",
+                "paused",
+                "started",
+                "done",
+                "skipped",
+                "failed",
+                "cancelled",
+                name="scheduledsendstatus",
+                native_enum=False,
+                length=16,
+            ),
+            nullable=False,
+        ),
+        sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("created_at", newsletter.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", newsletter.models.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["edition_id"],
+            ["editions.id"],
+            name=op.f("fk_scheduled_sends_edition_id_editions"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_scheduled_sends")),
+    )
+    with op.batch_alter_table("scheduled_sends", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_scheduled_sends_status_send_at", ["status", "send_at"], unique=False
+        )
+
+    op.create_table(
         "subscriptions",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("subscriber_id", sa.Integer(), nullable=False),
@@ -275,6 +383,15 @@ def downgrade() -> None:
         batch_op.drop_index("ix_subscriptions_newsletter_status")
 
     op.drop_table("subscriptions")
+    with op.batch_alter_table("scheduled_sends", schema=None) as batch_op:
+        batch_op.drop_index("ix_scheduled_sends_status_send_at")
+
+    op.drop_table("scheduled_sends")
+    with op.batch_alter_table("job_runs", schema=None) as batch_op:
+        batch_op.drop_index("ix_job_runs_started")
+        batch_op.drop_index("ix_job_runs_job_scheduled")
+
+    op.drop_table("job_runs")
     op.drop_table("edition_stories")
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_deliveries_email")
@@ -291,5 +408,13 @@ def downgrade() -> None:
         batch_op.drop_index("ix_stories_newsletter_published")
 
     op.drop_table("stories")
+    op.drop_table("scheduler_leases")
+    with op.batch_alter_table("editions", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_editions_newsletter_issue_date",
+            sqlite_where=sa.text("kind = 'regular'"),
+            postgresql_where=sa.text("kind = 'regular'"),
+        )
+
     op.drop_table("editions")
     # ### end Alembic commands ###

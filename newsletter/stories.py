@@ -1,0 +1,744 @@
+"""The stories stage: fetch RSS/Atom feeds, sanitise what they say, de-duplicate.
+
+Feeds are untrusted input. feedparser reads every RSS/Atom dialect and never raises
+on bad XML (it sets ``bozo``); we decide per feed whether what it recovered is
+usable. nh3 is the only HTML sanitiser (feedparser's own is switched off), and every
+link that reaches the database is an absolute http(s) URL without tracking
+parameters. "Never twice" is guaranteed by the table's UNIQUE(newsletter, url) and
+UNIQUE(newsletter, guid): rows that already exist are counted as duplicates and
+left exactly as they are (an editor may have hidden or pinned them).
+
+Network and parsing happen before any write, so a slow feed never holds the
+(SQLite single-writer) lock while it downloads.
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import hashlib
+import html
+import io
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+
+import feedparser
+import httpx
+import nh3
+from sqlalchemy import Insert, Table, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from newsletter import __version__
+from newsletter.config import Settings
+from newsletter.errors import FeedError, InputError, NotFoundError
+from newsletter.models import Story, StoryOrigin, utcnow
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"newsletter/{__version__} (feed fetcher; +https://news.example.com)"
+FETCH_TIMEOUT = 20.0
+MAX_FEED_BYTES = 10 * 1024 * 1024
+SUMMARY_TEXT_LIMIT = 600
+# Raw HTML beyond this is never shown; cutting first bounds sanitiser work.
+SUMMARY_INPUT_LIMIT = 100_000
+TITLE_LIMIT, KICKER_LIMIT, SOURCE_LIMIT, GUID_LIMIT, URL_LIMIT = 500, 100, 300, 1000, 2000
+
+SUMMARY_TAGS = {"p", "br", "a", "strong", "b", "em", "i", "ul", "ol", "li", "blockquote"}
+# Tags whose *content* is dropped too, not only the tag (code, styles, embedded docs).
+DROP_CONTENT_TAGS = {
+    "script", "style", "template", "noscript", "iframe", "object", "svg", "math",
+    "title", "head", "textarea", "select",
+}  # fmt: skip
+TRACKING_PARAMS = {
+    "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "igshid",
+    "mc_cid", "mc_eid", "wt_mc", "wt_zmc", "_ga", "_gl", "_hsenc", "_hsmi", "mkt_tok",
+    "ref", "ref_src", "ref_url", "cmpid", "ncid", "oly_anon_id", "oly_enc_id",
+    "vero_id", "rb_clickid", "s_cid", "spm",
+}  # fmt: skip
+TRACKING_PREFIXES = ("utm_", "pk_", "mtm_")
+# NUL and other C0 controls, lone surrogates, non-characters: PostgreSQL and the
+# UTF-8 codecs reject them, and no reader needs them.
+_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+_SPACE = re.compile(r"\s+")
+# Core table: bulk inserts with ON CONFLICT bypass the ORM unit of work.
+STORIES = cast(Table, Story.__table__)
+
+
+@dataclass
+class FetchReport:
+    """What happened to one feed: counts, or the reason it failed."""
+
+    feed: str
+    added: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Candidate:
+    guid: str | None
+    url: str
+    title: str
+    summary: str
+    kicker: str
+    source: str
+    published_at: datetime | None
+
+
+@dataclass
+class _Loaded:
+    candidates: list[_Candidate]
+    skipped: int
+    warnings: list[str]
+
+
+# ---------------------------------------------------------------- text and URLs
+
+
+def _collapse(text: str) -> str:
+    return _SPACE.sub(" ", _BAD_CHARS.sub("", text)).strip()
+
+
+def _shorten(text: str, limit: int) -> str:
+    """Cut ``text`` to at most ``limit`` characters at a word boundary, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    if limit < 1:
+        return ""
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-") + "…"
+
+
+def canonical_url(url: str, *, base: str | None = None) -> str | None:
+    """Return ``url`` as an absolute http(s) URL without tracking parameters or fragment.
+
+    A relative URL is resolved against ``base`` (itself absolute http(s)); without a
+    base it is unusable. Returns None for anything an email must not link to:
+    javascript:, data:, mailto:, credentials in the URL, bad ports, overlong URLs.
+    """
+    try:
+        url = _BAD_CHARS.sub("", url or "").strip()
+        if not url:
+            return None
+        if base and urlsplit(base).scheme.lower() in ("http", "https"):
+            url = urljoin(base, url)
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            return None
+        host = parts.hostname.encode("idna").decode("ascii")
+        port = parts.port
+        netloc = host if port in (None, 80 if scheme == "http" else 443) else f"{host}:{port}"
+        # Keep untouched query pieces byte for byte; re-encoding would change URLs
+        # that sites treat as distinct.
+        kept = [
+            piece
+            for piece in parts.query.split("&")
+            if piece and not _is_tracking(unquote(piece.split("=", 1)[0]))
+        ]
+        path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
+        query = quote("&".join(kept), safe="/%:@!$&'()*+,;=-._~?")
+        result = urlunsplit((scheme, netloc, path, query, ""))
+    except (ValueError, UnicodeError):  # bad port, bad IDNA label, ...
+        return None
+    return result if len(result) <= URL_LIMIT else None
+
+
+def _is_tracking(name: str) -> bool:
+    name = name.strip().lower()
+    return name in TRACKING_PARAMS or name.startswith(TRACKING_PREFIXES)
+
+
+def _url_problem(link: str, base: str | None) -> str:
+    """Why ``canonical_url`` refused ``link`` (for the skip log)."""
+    scheme = urlsplit(link.strip()).scheme.lower() if link.strip() else ""
+    if not link.strip():
+        return "no link"
+    if not scheme and not base:
+        return "relative link and no base URL"
+    if scheme and scheme not in ("http", "https"):
+        return f"unsupported link scheme {scheme!r}"
+    return "invalid link"
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def _href_filter(base: str | None) -> Any:
+    def keep(tag: str, attr: str, value: str) -> str | None:
+        if tag == "a" and attr == "href":
+            # nh3 swallows exceptions from callbacks into sys.unraisablehook;
+            # canonical_url itself never raises, so no guard is needed here.
+            return canonical_url(value, base=base)
+        return value
+
+    return keep
+
+
+@functools.lru_cache(maxsize=32)  # one per feed base URL, reused for every entry
+def _cleaner(base: str | None) -> nh3.Cleaner:
+    return nh3.Cleaner(
+        tags=SUMMARY_TAGS,
+        clean_content_tags=DROP_CONTENT_TAGS,
+        attributes={"a": {"href"}, "*": set()},  # "*" also drops nh3's default title/lang
+        attribute_filter=_href_filter(base),
+        link_rel="noopener",
+        url_schemes={"http", "https"},
+        url_relative="pass_through",  # "deny" would drop links before href_filter resolves them
+    )
+
+
+_TEXT_CLEANER = nh3.Cleaner(
+    tags=set(), clean_content_tags=DROP_CONTENT_TAGS, attributes={"*": set()}
+)
+
+
+class _Truncator(HTMLParser):
+    """Re-emits sanitised HTML with whitespace collapsed, stopping after ``limit`` text chars."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(convert_charrefs=True)
+        self.room = limit
+        self.out: list[str] = []
+        self.done = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if not self.done:
+            self.out.append(self.get_starttag_text() or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.done:
+            self.out.append(f"</{tag}>")
+
+    def handle_data(self, data: str) -> None:
+        if self.done:
+            return
+        data = _SPACE.sub(" ", data)
+        if len(data) > self.room:
+            data = _shorten(data, self.room)
+            self.done = True
+        self.room -= len(data)
+        self.out.append(html.escape(data, quote=False))
+
+
+def clean_summary(html_text: str, *, base_url: str | None = None) -> str:
+    """Sanitise feed or editor HTML to the small subset an email may carry.
+
+    Keeps p, br, a[href], strong, b, em, i, ul, ol, li, blockquote; links become
+    absolute http(s) (relative ones resolved against ``base_url`` or dropped) with
+    rel="noopener" and no tracking parameters. Text is cut to about 600 characters
+    at a word boundary. Idempotent: ``clean_summary(clean_summary(x)) == clean_summary(x)``.
+    """
+    cleaner = _cleaner(base_url or None)
+    first = cleaner.clean(_BAD_CHARS.sub("", html_text[:SUMMARY_INPUT_LIMIT]))
+    truncator = _Truncator(SUMMARY_TEXT_LIMIT)
+    truncator.feed(first)
+    truncator.close()
+    # A second pass closes tags left open by truncation and normalises markup.
+    return str(_cleaner(None).clean("".join(truncator.out))).strip()
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "li":
+            self.parts.append("\n- ")
+        elif tag in ("p", "blockquote", "ul", "ol"):
+            self.parts.append("\n\n")
+        elif tag == "br":
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("p", "blockquote", "ul", "ol"):
+            self.parts.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(_SPACE.sub(" ", data))
+
+
+def summary_text(html_text: str) -> str:
+    """Plain text of a cleaned summary: paragraphs separated by blank lines, "- " items."""
+    parser = _TextExtractor()
+    parser.feed(html_text)
+    parser.close()
+    lines = [line.strip() for line in "".join(parser.parts).split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _plain(value: Any, limit: int) -> str:
+    """Plain text from a possibly-HTML feed string (titles, tags, feed names)."""
+    if not isinstance(value, str) or not value:
+        return ""
+    # Strip markup even from "text/plain" titles: renderers must never meet a tag.
+    text = html.unescape(_TEXT_CLEANER.clean(_BAD_CHARS.sub("", value[:10_000])))
+    return _shorten(_collapse(text), limit)
+
+
+# ---------------------------------------------------------------- loading feeds
+
+
+def _is_url(source: str) -> bool:
+    return urlsplit(source).scheme.lower() in ("http", "https")
+
+
+def _download(url: str, *, timeout: float, max_bytes: int) -> tuple[bytes, str, str]:
+    """GET ``url`` (redirects followed); returns (body, final URL, content type)."""
+    limit = f"{max_bytes // (1024 * 1024)} MB" if max_bytes >= 1024 * 1024 else f"{max_bytes} B"
+    try:
+        with (
+            httpx.Client(
+                timeout=timeout,
+                follow_redirects=True,
+                max_redirects=5,
+                headers={
+                    "User-Agent": USER_AGENT,
+                    "Accept": "application/rss+xml, "
+                    "application/atom+xml, application/xml;q=0.9, */*;q=0.5",
+                },
+            ) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code >= 400:
+                raise FeedError(f"HTTP {response.status_code} {response.reason_phrase}".strip())
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise FeedError(f"feed is larger than {limit}")
+            body = bytearray()
+            # iter_bytes decompresses, so the cap also stops gzip bombs.
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise FeedError(f"feed is larger than {limit}")
+            return bytes(body), str(response.url), response.headers.get("content-type", "")
+    except httpx.TimeoutException:
+        raise FeedError(f"timed out after {timeout:g} s") from None
+    except httpx.TooManyRedirects:
+        raise FeedError("too many redirects") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise FeedError(f"cannot fetch: {_collapse(str(exc)) or type(exc).__name__}") from None
+
+
+def _read_file(path: Path, *, max_bytes: int) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise FeedError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise FeedError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise FeedError(f"feed file is larger than {max_bytes} bytes")
+    return data
+
+
+def _published(entry: Any, now: datetime) -> datetime | None:
+    stamp = entry.get("published_parsed") or entry.get("updated_parsed")
+    if not stamp:
+        return None
+    try:
+        when = datetime.fromtimestamp(calendar.timegm(stamp), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    # A feed claiming a future date would sit on top of every edition.
+    return min(when, now)
+
+
+def _guid(entry: Any) -> str | None:
+    raw = entry.get("id")
+    guid = _BAD_CHARS.sub("", raw).strip() if isinstance(raw, str) else ""
+    if not guid:
+        return None
+    if len(guid) > GUID_LIMIT:  # keep it unique rather than cutting it
+        return "sha256:" + hashlib.sha256(guid.encode("utf-8", "replace")).hexdigest()
+    return guid
+
+
+def _summary_html(entry: Any) -> str:
+    """The entry's summary as HTML: an HTML summary, else HTML content, else plain text.
+
+    Plain text is unescaped before escaping because many feeds put entities such as
+    &nbsp; into "text" summaries.
+    """
+    parts = [entry.get("summary_detail") or {}, *(entry.get("content") or [])]
+    texts = [(p.get("value"), p.get("type") or "text/html") for p in parts]
+    texts = [(v, t) for v, t in texts if isinstance(v, str) and v.strip()]
+    for value, kind in texts:
+        if kind != "text/plain":
+            return str(value)
+    return html.escape(html.unescape(texts[0][0])) if texts else ""
+
+
+def _candidate(entry: Any, *, base: str | None, source: str, now: datetime) -> _Candidate | str:
+    """A storable story from a feedparser entry, or the reason to skip it."""
+    link = entry.get("link") if isinstance(entry.get("link"), str) else ""
+    url = canonical_url(link, base=base)
+    if url is None:
+        return _url_problem(link, base)
+    summary = clean_summary(_summary_html(entry), base_url=base)
+    title = _plain(entry.get("title"), TITLE_LIMIT) or _shorten(
+        _collapse(summary_text(summary)), 120
+    )
+    if not title:
+        return "no title"
+    tags = entry.get("tags") or []
+    kicker = next(
+        (k for t in tags if (k := _plain(t.get("term") or t.get("label"), KICKER_LIMIT))), ""
+    )
+    return _Candidate(_guid(entry), url, title, summary, kicker, source, _published(entry, now))
+
+
+def _bozo_reason(parsed: Any) -> str:
+    exc = parsed.get("bozo_exception")
+    text = _collapse(f"{type(exc).__name__}: {exc}") if exc is not None else "malformed feed"
+    return _shorten(text, 200)
+
+
+def _load(
+    source: str, *, settings: Settings, now: datetime, timeout: float, max_bytes: int
+) -> _Loaded:
+    """Fetch or read one feed and turn its entries into candidates; FeedError if unusable."""
+    if _is_url(source):
+        data, base, ctype = _download(source, timeout=timeout, max_bytes=max_bytes)
+        headers = {"content-location": base, "content-type": ctype or "application/xml"}
+    elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", source):
+        raise FeedError(f"unsupported feed URL scheme in {source!r} (use http, https or a path)")
+    else:
+        data, base, headers = _read_file(settings.path(source), max_bytes=max_bytes), "", {}
+    if not data.strip():
+        raise FeedError("empty document")
+    # A BytesIO, never bare bytes: feedparser would try bytes as a file name first.
+    try:
+        parsed = feedparser.parse(io.BytesIO(data), response_headers=headers, sanitize_html=False)
+    except Exception as exc:
+        # feedparser does raise on some hostile input (a surrogate character
+        # reference crashes its loose parser); a bad feed must never stop a run.
+        raise FeedError(
+            f"cannot parse feed ({type(exc).__name__}: {_collapse(str(exc))[:150]})"
+        ) from None
+    feed = parsed.get("feed") or {}
+    if not base:  # a local file: only the feed's own absolute <link> may anchor links
+        feed_link = feed.get("link")
+        base = (canonical_url(feed_link) if isinstance(feed_link, str) else None) or ""
+    entries = parsed.get("entries") or []
+    warnings: list[str] = []
+    if not entries:
+        if parsed.get("bozo"):
+            raise FeedError(f"not a readable feed ({_bozo_reason(parsed)})")
+        if not parsed.get("version"):
+            raise FeedError("not an RSS or Atom feed")
+        warnings.append("feed has no entries")
+    elif parsed.get("bozo"):
+        warnings.append(f"malformed feed, ingested what could be read ({_bozo_reason(parsed)})")
+    name = (
+        _plain(feed.get("title"), SOURCE_LIMIT)
+        or urlsplit(base or source).hostname
+        or Path(source).stem
+    )
+    candidates: list[_Candidate] = []
+    reasons: Counter[str] = Counter()
+    for entry in entries:
+        result = _candidate(entry, base=base or None, source=name[:SOURCE_LIMIT], now=now)
+        if isinstance(result, str):
+            reasons[result] += 1
+            # Per entry at debug level; the feed's warning below sums the reasons up.
+            log.debug("%s: skipped %r: %s", source, entry.get("id") or entry.get("title"), result)
+        else:
+            candidates.append(result)
+    skipped = sum(reasons.values())
+    if skipped:
+        detail = ", ".join(f"{why} ({n})" for why, n in reasons.most_common())
+        if not candidates:
+            raise FeedError(f"no usable entries: {detail}")
+        warnings.append(f"skipped {skipped} entries: {detail}")
+    return _Loaded(candidates, skipped, warnings)
+
+
+# ---------------------------------------------------------------- storing
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
+    return (items[i : i + size] for i in range(0, len(items), size))
+
+
+def _existing(
+    session: Session, newsletter: str, cands: list[_Candidate]
+) -> tuple[set[str], set[str]]:
+    """GUIDs and URLs among ``cands`` already stored for the newsletter."""
+    guids = sorted({c.guid for c in cands if c.guid})
+    urls = sorted({c.url for c in cands})
+    found_g: set[str] = set()
+    found_u: set[str] = set()
+    for chunk in _chunks(guids):
+        q = select(Story.guid).where(Story.newsletter == newsletter, Story.guid.in_(chunk))
+        found_g.update(g for g in session.scalars(q) if g)
+    for chunk in _chunks(urls):
+        q = select(Story.url).where(Story.newsletter == newsletter, Story.url.in_(chunk))
+        found_u.update(session.scalars(q))
+    return found_g, found_u
+
+
+def _insert_ignoring_conflicts(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert rows, skipping any that hit a unique constraint; returns how many went in."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    stmt: Insert
+    if dialect == "sqlite":
+        stmt = sqlite.insert(STORIES).on_conflict_do_nothing()
+    elif dialect == "postgresql":
+        stmt = postgresql.insert(STORIES).on_conflict_do_nothing()
+    else:
+        stmt = insert(STORIES)
+    if dialect in ("sqlite", "postgresql"):
+        return len(session.execute(stmt.returning(STORIES.c.id), rows).all())
+    added = 0  # other databases: one savepoint per row
+    for row in rows:
+        try:
+            with session.begin_nested():
+                session.execute(stmt, row)
+            added += 1
+        except IntegrityError:
+            pass
+    return added
+
+
+def _store(
+    session: Session, *, newsletter: str, cands: list[_Candidate], now: datetime
+) -> tuple[int, int]:
+    """Insert new candidates; returns (added, duplicates)."""
+    seen_g: set[str] = set()
+    seen_u: set[str] = set()
+    unique: list[_Candidate] = []
+    for c in cands:  # the same story twice within this batch
+        if c.url in seen_u or (c.guid and c.guid in seen_g):
+            continue
+        seen_u.add(c.url)
+        if c.guid:
+            seen_g.add(c.guid)
+        unique.append(c)
+    old_g, old_u = _existing(session, newsletter, unique)
+    fresh = [c for c in unique if c.url not in old_u and not (c.guid and c.guid in old_g)]
+    rows = [
+        {
+            "newsletter": newsletter,
+            "guid": c.guid,
+            "url": c.url,
+            "title": c.title,
+            "summary": c.summary,
+            "kicker": c.kicker,
+            "source": c.source,
+            "origin": StoryOrigin.FEED,
+            "published_at": c.published_at,
+            "fetched_at": now,
+            "pinned": False,
+            "hidden": False,
+        }  # fmt: skip
+        for c in fresh
+    ]
+    # The constraints, not the query above, are the guarantee: a concurrent fetch
+    # may have inserted the same story in between.
+    added = _insert_ignoring_conflicts(session, rows)
+    return added, len(cands) - added
+
+
+def _log_report(report: FetchReport) -> None:
+    if report.error:
+        log.warning("%s: %s", report.feed, report.error)
+        return
+    for warning in report.warnings:
+        log.warning("%s: %s", report.feed, warning)
+    log.info(
+        "%s: %d added, %d duplicates, %d skipped",
+        report.feed, report.added, report.duplicates, report.skipped,
+    )  # fmt: skip
+
+
+def fetch_feed(
+    session: Session,
+    *,
+    newsletter: str,
+    source: str,
+    settings: Settings,
+    now: datetime | None = None,
+    timeout: float = FETCH_TIMEOUT,
+    max_bytes: int = MAX_FEED_BYTES,
+) -> FetchReport:
+    """Fetch one feed (http(s) URL or path) into ``newsletter``'s stories.
+
+    Never raises for feed problems (unreachable, HTTP error, not a feed, no usable
+    entries): the reason is in ``FetchReport.error``. Raises NotFoundError for an
+    unknown newsletter and lets database errors through. Does not commit.
+    """
+    settings.newsletter(newsletter)
+    now = now or utcnow()
+    report = FetchReport(feed=source)
+    try:
+        loaded = _load(source, settings=settings, now=now, timeout=timeout, max_bytes=max_bytes)
+    except FeedError as exc:
+        report.error = str(exc)
+    else:
+        report.skipped, report.warnings = loaded.skipped, loaded.warnings
+        report.added, report.duplicates = _store(
+            session, newsletter=newsletter, cands=loaded.candidates, now=now
+        )
+    _log_report(report)
+    return report
+
+
+def fetch_newsletter(
+    session: Session,
+    *,
+    newsletter: str,
+    settings: Settings,
+    now: datetime | None = None,
+    timeout: float = FETCH_TIMEOUT,
+) -> list[FetchReport]:
+    """Fetch every feed configured for ``newsletter``; one failing feed never stops the rest.
+
+    All feeds are downloaded and parsed first, then stored, so the write
+    transaction stays short. Returns one report per feed, in configured order.
+    """
+    feeds = settings.newsletter(newsletter).feeds
+    now = now or utcnow()
+    loaded: list[tuple[FetchReport, _Loaded | None]] = []
+    for source in feeds:
+        report = FetchReport(feed=source)
+        try:
+            loaded.append(
+                (
+                    report,
+                    _load(
+                        source,
+                        settings=settings,
+                        now=now,
+                        timeout=timeout,
+                        max_bytes=MAX_FEED_BYTES,
+                    ),
+                )
+            )
+        except FeedError as exc:
+            report.error = str(exc)
+            loaded.append((report, None))
+    for report, result in loaded:
+        if result is not None:
+            report.skipped, report.warnings = result.skipped, result.warnings
+            report.added, report.duplicates = _store(
+                session, newsletter=newsletter, cands=result.candidates, now=now
+            )
+        _log_report(report)
+    return [report for report, _ in loaded]
+
+
+# ---------------------------------------------------------------- editor operations
+
+
+def add_story(
+    session: Session,
+    *,
+    newsletter: str,
+    title: str,
+    url: str,
+    summary: str = "",
+    kicker: str = "",
+    pin: bool = False,
+    now: datetime | None = None,
+) -> Story:
+    """Add an editor's pick (published now). Does not commit.
+
+    Raises InputError for an empty title or a URL that is not absolute http(s), and
+    for a URL already stored for the newsletter (the message names that story's id;
+    pin it with ``pin_story`` instead of adding it again).
+    """
+    clean_url = canonical_url(url)
+    if clean_url is None:
+        raise InputError(f"invalid story URL {url!r}: use an absolute http(s) URL")
+    clean_title = _plain(title, TITLE_LIMIT)
+    if not clean_title:
+        raise InputError("a story needs a title")
+    existing = session.scalar(
+        select(Story.id).where(Story.newsletter == newsletter, Story.url == clean_url)
+    )
+    if existing is not None:
+        raise InputError(f"{clean_url} is already story {existing} in {newsletter}")
+    now = now or utcnow()
+    story = Story(
+        newsletter=newsletter,
+        guid=None,
+        url=clean_url,
+        title=clean_title,
+        summary=clean_summary(summary),
+        kicker=_plain(kicker, KICKER_LIMIT),
+        source=urlsplit(clean_url).hostname or "",
+        origin=StoryOrigin.EDITOR,
+        published_at=now,
+        fetched_at=now,
+        pinned=pin,
+        hidden=False,
+    )
+    try:
+        with session.begin_nested():  # a concurrent add of the same URL
+            session.add(story)
+    except IntegrityError:
+        raise InputError(f"{clean_url} is already a story in {newsletter}") from None
+    return story
+
+
+def list_stories(
+    session: Session,
+    *,
+    newsletter: str | None = None,
+    include_hidden: bool = False,
+    limit: int = 100,
+) -> list[Story]:
+    """Stories newest first (undated ones by when they were fetched)."""
+    newest = func.coalesce(Story.published_at, Story.fetched_at)
+    q = select(Story).order_by(newest.desc(), Story.id.desc()).limit(limit)
+    if newsletter is not None:
+        q = q.where(Story.newsletter == newsletter)
+    if not include_hidden:
+        q = q.where(Story.hidden.is_(False))
+    return list(session.scalars(q))
+
+
+def _story(session: Session, story_id: int) -> Story:
+    story = session.get(Story, story_id)
+    if story is None:
+        raise NotFoundError(f"no story with id {story_id}")
+    return story
+
+
+def hide_story(session: Session, *, story_id: int, hidden: bool = True) -> Story:
+    """Hide a story from edition building (``hidden=False`` shows it again)."""
+    story = _story(session, story_id)
+    story.hidden = hidden
+    return story
+
+
+def unhide_story(session: Session, *, story_id: int) -> Story:
+    """Make a hidden story eligible again."""
+    return hide_story(session, story_id=story_id, hidden=False)
+
+
+def pin_story(session: Session, *, story_id: int, pinned: bool = True) -> Story:
+    """Pin a story so the edition builder puts it first (``pinned=False`` unpins)."""
+    story = _story(session, story_id)
+    story.pinned = pinned
+    return story

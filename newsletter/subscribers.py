@@ -1,0 +1,568 @@
+"""Subscribers, their per-newsletter subscriptions, and the address-level suppression list.
+
+Addresses are validated and normalised with email-validator (syntax only, no DNS)
+and then lower-cased as a whole. Local parts are case-sensitive in theory, but no
+real mailbox provider treats them so, and one lower-case form is what makes
+``Alice@Example.com`` and ``alice@example.com`` one subscriber, one suppression hash
+and one "duplicate in file". That lower-case form is what is stored and mailed.
+
+Policies every entry point shares:
+
+- a suppressed address (bounced, complained, unsubscribed from everything, manual,
+  or forgotten — kept only as a SHA-256 hash) is never added, imported or confirmed;
+- an unsubscribed subscription is never re-subscribed by an import, and by
+  :func:`add_subscriber` only with ``resubscribe=True`` (staff acting on the
+  person's own request);
+- unsubscribing from every newsletter also suppresses the address, so nothing can
+  bring it back by accident.
+
+Data functions take the session first and never commit: the caller owns the
+transaction. CSV import lives in :mod:`newsletter.subscriber_import`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+from zoneinfo import available_timezones
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import Select, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from newsletter.config import Settings
+from newsletter.errors import InputError, NotFoundError, StateError
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    SendEvent,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionReason,
+    delivery_sources,
+    transition_subscription,
+    utcnow,
+)
+from newsletter.tokens import read_token
+
+if TYPE_CHECKING:
+    from newsletter.subscriber_import import ImportReport
+
+FORGOTTEN = "forgotten"
+NAME_MAX = 200  # Subscriber.name is String(200); PostgreSQL would refuse longer.
+EXPORT_COLUMNS = ("email", "name", "timezone", "newsletters", "status")
+
+_SPACE = re.compile(r"\s+")
+
+
+# ----- validation -----------------------------------------------------------
+
+
+def email_problem(raw: str) -> tuple[str, str]:
+    """Normalise ``raw``: returns ``(address, "")`` or ``("", reason)`` if invalid."""
+    value = raw.strip()
+    if not value:
+        return "", "email address is empty"
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return "", str(exc)
+    return result.normalized.lower(), ""
+
+
+def normalise_email(raw: str) -> str:
+    """The stored form of an address (validated, normalised, lower-case).
+
+    Raises InputError naming the address and why it is invalid.
+    """
+    address, problem = email_problem(raw)
+    if problem:
+        shown = raw.strip()
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise InputError(f"invalid email address {shown!r}: {problem}")
+    return address
+
+
+def email_hash(email: str) -> str:
+    """SHA-256 hex of a normalised address (the suppression list's key)."""
+    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
+
+
+@cache
+def _zones() -> dict[str, str]:
+    # Case-insensitive lookup to the canonical IANA spelling; "localtime" and
+    # "Factory" are artefacts of the host's tz database, not places.
+    return {
+        z.lower(): z
+        for z in available_timezones()
+        if z not in ("localtime", "Factory", "posixrules")
+        and not z.startswith(("posix/", "right/"))
+    }
+
+
+def normalise_timezone(value: str | None) -> str | None:
+    """An IANA zone name in its canonical spelling; empty/None → None.
+
+    Raises InputError for a name the tz database does not know.
+    """
+    if value is None or not value.strip():
+        return None
+    zone = _zones().get(value.strip().lower())
+    if zone is None:
+        raise InputError(f"unknown timezone {value.strip()!r} (use an IANA name like Europe/Paris)")
+    return zone
+
+
+def clean_name(value: str) -> str:
+    """A display name safe for headers: whitespace collapsed, control characters dropped.
+
+    Raises InputError when longer than 200 characters.
+    """
+    text = _SPACE.sub(" ", unicodedata.normalize("NFC", value))
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cc").strip()
+    if len(text) > NAME_MAX:
+        raise InputError(f"name is longer than {NAME_MAX} characters")
+    return text
+
+
+def check_newsletters(settings: Settings, slugs: Sequence[str]) -> list[str]:
+    """Validated, de-duplicated slugs in the given order; NotFoundError for unknown ones."""
+    seen: list[str] = []
+    for slug in slugs:
+        settings.newsletter(slug)
+        if slug not in seen:
+            seen.append(slug)
+    return seen
+
+
+# ----- lookups --------------------------------------------------------------
+
+
+def _find(session: Session, address: str) -> Subscriber | None:
+    return session.scalars(select(Subscriber).where(Subscriber.email == address)).one_or_none()
+
+
+def _require(session: Session, address: str) -> Subscriber:
+    sub = _find(session, address)
+    if sub is None:
+        raise NotFoundError(f"no subscriber {address}")
+    return sub
+
+
+def _suppression(session: Session, address: str) -> Suppression | None:
+    stmt = select(Suppression).where(Suppression.email_hash == email_hash(address))
+    return session.scalars(stmt).one_or_none()
+
+
+def _refuse_suppressed(session: Session, address: str) -> None:
+    found = _suppression(session, address)
+    if found is not None:
+        raise StateError(f"{address} is suppressed ({found.reason.value})")
+
+
+# ----- subscribing ----------------------------------------------------------
+
+
+def add_subscriber(
+    session: Session,
+    *,
+    email: str,
+    name: str = "",
+    timezone: str | None = None,
+    newsletters: Sequence[str],
+    status: SubscriptionStatus = SubscriptionStatus.PENDING,
+    source: str = "cli",
+    settings: Settings,
+    resubscribe: bool = False,
+) -> Subscriber:
+    """Create (or update) a subscriber and subscribe them to ``newsletters``.
+
+    An existing subscriber keeps their name/timezone unless new non-empty values are
+    given; an existing pending subscription is confirmed when ``status`` is
+    confirmed, never downgraded. Returns the subscriber (flushed).
+
+    Raises InputError (bad address, name, timezone, status, no newsletter),
+    NotFoundError (unknown newsletter), StateError (suppressed address, or an
+    unsubscribed subscription without ``resubscribe``).
+    """
+    address = normalise_email(email)
+    clean = clean_name(name)
+    zone = normalise_timezone(timezone)
+    if status is SubscriptionStatus.UNSUBSCRIBED:
+        raise InputError("a new subscription must be pending or confirmed")
+    slugs = check_newsletters(settings, newsletters)
+    if not slugs:
+        raise InputError("choose at least one newsletter")
+    _refuse_suppressed(session, address)
+
+    sub = _find(session, address)
+    current = {s.newsletter: s for s in sub.subscriptions} if sub else {}
+    # Check before changing anything, so a refusal leaves no partial change behind.
+    for slug in slugs:
+        existing = current.get(slug)
+        if existing and existing.status is SubscriptionStatus.UNSUBSCRIBED and not resubscribe:
+            when = existing.unsubscribed_at.date().isoformat() if existing.unsubscribed_at else "?"
+            raise StateError(
+                f"{address} unsubscribed from {slug} on {when}; re-subscribe only at their "
+                "own request (--resubscribe)"
+            )
+    if sub is None:
+        sub = Subscriber(email=address, name=clean, timezone=zone)
+        session.add(sub)
+    else:
+        if clean and clean != sub.name:
+            sub.name = clean
+        if zone and zone != sub.timezone:
+            sub.timezone = zone
+    now = utcnow()
+    for slug in slugs:
+        existing = current.get(slug)
+        if existing is None:
+            confirmed = status is SubscriptionStatus.CONFIRMED
+            sub.subscriptions.append(
+                Subscription(
+                    newsletter=slug,
+                    status=status,
+                    source=source,
+                    created_at=now,
+                    confirmed_at=now if confirmed else None,
+                )
+            )
+        elif existing.status is SubscriptionStatus.UNSUBSCRIBED:
+            transition_subscription(existing, status)
+            existing.source = source
+        elif status is SubscriptionStatus.CONFIRMED:
+            transition_subscription(existing, status)
+    session.flush()
+    return sub
+
+
+def confirm(session: Session, *, email: str, newsletter: str | None = None) -> list[Subscription]:
+    """Confirm the pending subscription to ``newsletter`` (None: every pending one).
+
+    Returns the subscriptions now confirmed (already-confirmed ones included).
+    Raises NotFoundError (no such subscriber/subscription) and StateError
+    (suppressed address, or the subscription is unsubscribed).
+    """
+    address = normalise_email(email)
+    _refuse_suppressed(session, address)
+    sub = _require(session, address)
+    targets = [s for s in sub.subscriptions if newsletter is None or s.newsletter == newsletter]
+    if not targets:
+        raise NotFoundError(f"{address} is not subscribed to {newsletter or 'any newsletter'}")
+    active = [s for s in targets if s.status is not SubscriptionStatus.UNSUBSCRIBED]
+    if not active:
+        raise StateError(f"{address} has unsubscribed from {newsletter or 'every newsletter'}")
+    for s in active:
+        transition_subscription(s, SubscriptionStatus.CONFIRMED)
+    session.flush()
+    return active
+
+
+def _unsubscribe(session: Session, sub: Subscriber, newsletter: str | None) -> list[Subscription]:
+    changed = []
+    for s in sub.subscriptions:
+        if newsletter in (None, s.newsletter) and s.status is not SubscriptionStatus.UNSUBSCRIBED:
+            transition_subscription(s, SubscriptionStatus.UNSUBSCRIBED)
+            changed.append(s)
+    if newsletter is None:
+        _suppress(session, sub.email, SuppressionReason.UNSUBSCRIBED, "unsubscribed from all")
+    session.flush()
+    return changed
+
+
+def unsubscribe(session: Session, *, email: str, newsletter: str | None) -> list[Subscription]:
+    """Unsubscribe from one newsletter, or from all (None) — which also suppresses.
+
+    Idempotent: returns only the subscriptions this call changed. Unsubscribing an
+    unknown address from all newsletters still suppresses it (no mail is the
+    point); NotFoundError when a named subscription does not exist.
+    """
+    address = normalise_email(email)
+    sub = _find(session, address)
+    if newsletter is None:
+        if sub is None:
+            _suppress(session, address, SuppressionReason.UNSUBSCRIBED, "unsubscribed from all")
+            return []
+        return _unsubscribe(session, sub, None)
+    if sub is None or all(s.newsletter != newsletter for s in sub.subscriptions):
+        raise NotFoundError(f"{address} is not subscribed to {newsletter}")
+    return _unsubscribe(session, sub, newsletter)
+
+
+def token_from(text: str) -> str:
+    """The token in a raw token, an unsubscribe/preferences URL, a ``mailto:`` URL
+    or an ``unsubscribe <token>`` subject line (the forms the sender writes)."""
+    value = text.strip()
+    if value.lower().startswith("mailto:"):
+        value = parse_qs(urlsplit(value).query).get("subject", [""])[0]
+    elif "://" in value:
+        value = unquote(urlsplit(value).path.rstrip("/").rsplit("/", 1)[-1])
+    words = value.split()
+    return words[-1] if words else ""
+
+
+def unsubscribe_by_token(session: Session, *, token: str, settings: Settings) -> list[Subscription]:
+    """Act on a signed unsubscribe token (one-click URL, mailto handler, CLI).
+
+    The token's newsletter "" means every newsletter (and suppresses the address).
+    Idempotent, and succeeds with an empty list when the subscriber or subscription
+    no longer exists — the person gets no mail either way. Raises InputError for a
+    forged, altered or wrong-purpose token.
+    """
+    data = read_token(settings.signing_key, token, purpose="unsubscribe")
+    stmt = select(Subscriber).where(Subscriber.key == data.subscriber_key)
+    sub = session.scalars(stmt).one_or_none()
+    if sub is None:
+        return []
+    return _unsubscribe(session, sub, data.newsletter or None)
+
+
+# ----- suppression ------------------------------------------------------------
+
+
+def _suppress(session: Session, address: str, reason: SuppressionReason, detail: str) -> None:
+    values = {
+        "email_hash": email_hash(address),
+        "email": None if reason is SuppressionReason.FORGOTTEN else address,
+        "reason": reason,
+        "detail": detail,
+        "created_at": utcnow(),
+    }
+    # INSERT ... ON CONFLICT DO NOTHING: two webhook events for one bounce may race.
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        pg = postgresql.insert(Suppression).values(values)
+        session.execute(pg.on_conflict_do_nothing(index_elements=["email_hash"]))
+    elif dialect == "sqlite":
+        lite = sqlite.insert(Suppression).values(values)
+        session.execute(lite.on_conflict_do_nothing(index_elements=["email_hash"]))
+    elif _suppression(session, address) is None:
+        session.add(Suppression(**values))
+        session.flush()
+
+
+def suppress(
+    session: Session, *, email: str, reason: SuppressionReason, detail: str = ""
+) -> Suppression:
+    """Put an address on the suppression list; idempotent (the first entry is kept).
+
+    Returns the entry. Raises InputError for an invalid address.
+    """
+    address = normalise_email(email)
+    _suppress(session, address, reason, detail)
+    found = _suppression(session, address)
+    assert found is not None  # just inserted or already there
+    return found
+
+
+def unsuppress(session: Session, *, email: str) -> SuppressionReason | None:
+    """Remove an address from the suppression list; returns the reason it had, or None."""
+    address = normalise_email(email)
+    found = _suppression(session, address)
+    if found is None:
+        return None
+    session.delete(found)
+    session.flush()
+    return found.reason
+
+
+def is_suppressed(session: Session, *, email: str) -> SuppressionReason | None:
+    """The reason this address is suppressed, or None. InputError if invalid."""
+    found = _suppression(session, normalise_email(email))
+    return found.reason if found else None
+
+
+def list_suppressions(
+    session: Session, *, reason: SuppressionReason | None = None, limit: int | None = None
+) -> list[Suppression]:
+    """Suppression entries, oldest first (a forgotten entry has ``email`` None)."""
+    stmt = select(Suppression).order_by(Suppression.created_at, Suppression.id)
+    if reason is not None:
+        stmt = stmt.where(Suppression.reason == reason)
+    return list(session.scalars(stmt.limit(limit)))
+
+
+# ----- removal and erasure --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    """What :func:`remove` did."""
+
+    unsubscribed: int = 0
+    subscriber_deleted: bool = False
+    subscriptions_deleted: int = 0
+    deliveries_anonymised: int = 0
+
+
+def _scrub(value: Any, pattern: re.Pattern[str]) -> Any:
+    if isinstance(value, str):
+        return pattern.sub(FORGOTTEN, value)
+    if isinstance(value, list):
+        return [_scrub(v, pattern) for v in value]
+    if isinstance(value, dict):
+        return {pattern.sub(FORGOTTEN, k): _scrub(v, pattern) for k, v in value.items()}
+    return value
+
+
+def remove(session: Session, *, email: str, newsletter: str | None, forget: bool) -> RemoveResult:
+    """Unsubscribe (from ``newsletter`` or all), or with ``forget`` erase the person.
+
+    Forgetting deletes the subscriber and their subscriptions, anonymises their
+    Delivery rows (email "forgotten", name "", address scrubbed from errors and
+    provider events), cancels their not-yet-sent deliveries, and leaves only a
+    hashed suppression entry so they are never re-added by accident.
+    Raises InputError (``forget`` with ``newsletter``), NotFoundError (unsubscribe
+    from a newsletter they are not subscribed to).
+    """
+    if not forget:
+        return RemoveResult(
+            unsubscribed=len(unsubscribe(session, email=email, newsletter=newsletter))
+        )
+    if newsletter is not None:
+        raise InputError("--forget erases the person from every newsletter; drop --newsletter")
+    address = normalise_email(email)
+    sub = _find(session, address)
+    pattern = re.compile(re.escape(address), re.IGNORECASE)
+
+    match = Delivery.email == address
+    if sub is not None:
+        match = match | (Delivery.subscriber_id == sub.id)
+    deliveries = list(session.scalars(select(Delivery).where(match)))
+    cancellable = set(delivery_sources(DeliveryStatus.CANCELLED))
+    for d in deliveries:
+        d.email, d.name, d.subscriber_id = FORGOTTEN, "", None
+        if d.error:
+            d.error = pattern.sub(FORGOTTEN, d.error)
+        if d.status in cancellable:
+            # The address is gone; a queued row must not be sent to "forgotten".
+            d.status = DeliveryStatus.CANCELLED
+    if deliveries:
+        events = select(SendEvent).where(SendEvent.delivery_id.in_([d.id for d in deliveries]))
+        for event in session.scalars(events):
+            event.detail = _scrub(event.detail, pattern)
+
+    deleted = 0
+    if sub is not None:
+        deleted = len(sub.subscriptions)
+        session.delete(sub)
+    found = _suppression(session, address)
+    if found is None:
+        _suppress(session, address, SuppressionReason.FORGOTTEN, "")
+    else:
+        found.email, found.reason, found.detail = None, SuppressionReason.FORGOTTEN, ""
+    session.flush()
+    return RemoveResult(
+        subscriber_deleted=sub is not None,
+        subscriptions_deleted=deleted,
+        deliveries_anonymised=len(deliveries),
+    )
+
+
+# ----- listing and export ---------------------------------------------------
+
+
+def _listing(newsletter: str | None, status: SubscriptionStatus | None) -> Select[*tuple[Any, ...]]:
+    joined = newsletter is not None or status is not None
+    stmt = (
+        select(
+            Subscriber.email,
+            Subscriber.name,
+            Subscriber.timezone,
+            Subscription.newsletter,
+            Subscription.status,
+            Subscription.source,
+            Subscription.created_at,
+            Subscription.confirmed_at,
+            Suppression.reason.label("suppressed"),
+        )
+        .select_from(Subscriber)
+        .join(Subscription, Subscription.subscriber_id == Subscriber.id, isouter=not joined)
+        .join(Suppression, Suppression.email == Subscriber.email, isouter=True)
+        .order_by(Subscriber.id, Subscription.newsletter)
+    )
+    if newsletter is not None:
+        stmt = stmt.where(Subscription.newsletter == newsletter)
+    if status is not None:
+        stmt = stmt.where(Subscription.status == status)
+    return stmt
+
+
+def list_subscribers(
+    session: Session,
+    *,
+    newsletter: str | None = None,
+    status: SubscriptionStatus | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """One row per subscription (email, name, timezone, newsletter, status, source,
+    created_at, confirmed_at, suppressed reason or None), oldest subscriber first.
+    Without filters, subscribers with no subscription appear once with newsletter None.
+    """
+    stmt = _listing(newsletter, status).limit(limit)
+    return [dict(row._mapping) for row in session.execute(stmt)]
+
+
+def export_rows(session: Session, *, newsletter: str | None = None) -> Iterator[dict[str, str]]:
+    """Stream re-importable rows: email, name, timezone, newsletters, status.
+
+    One row per subscriber with their active (pending/confirmed) subscriptions,
+    ``newsletters`` ;-separated; ``status`` is one value when they agree, else one
+    per newsletter in the same order. Suppressed addresses and people with no active
+    subscription are left out, so a re-import elsewhere cannot mail them.
+    """
+    stmt = (
+        _listing(newsletter, None)
+        .where(Subscription.status != SubscriptionStatus.UNSUBSCRIBED)
+        .where(Suppression.id.is_(None))
+        .execution_options(yield_per=2000)
+    )
+    current: dict[str, Any] | None = None
+    for row in session.execute(stmt):
+        if current is None or current["email"] != row.email:
+            if current is not None:
+                yield _export_row(current)
+            current = {"email": row.email, "name": row.name, "timezone": row.timezone, "subs": []}
+        current["subs"].append((row.newsletter, row.status.value))
+    if current is not None:
+        yield _export_row(current)
+
+
+def _export_row(group: dict[str, Any]) -> dict[str, str]:
+    slugs = [slug for slug, _ in group["subs"]]
+    statuses = [status for _, status in group["subs"]]
+    return {
+        "email": group["email"],
+        "name": group["name"],
+        "timezone": group["timezone"] or "",
+        "newsletters": ";".join(slugs),
+        "status": statuses[0] if len(set(statuses)) == 1 else ";".join(statuses),
+    }
+
+
+def import_csv(
+    session: Session,
+    *,
+    path: Path,
+    settings: Settings,
+    newsletters: Sequence[str] = (),
+    status: SubscriptionStatus = SubscriptionStatus.PENDING,
+    source: str = "import",
+) -> ImportReport:
+    """Import subscribers from a CSV file; see :func:`newsletter.subscriber_import.import_csv`."""
+    from newsletter.subscriber_import import import_csv as _import_csv
+
+    return _import_csv(
+        session, path=path, settings=settings, newsletters=newsletters, status=status, source=source
+    )
