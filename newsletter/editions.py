@@ -29,7 +29,7 @@ from newsletter.models import (
     transition_edition,
     utcnow,
 )
-from newsletter.stories import clean_summary, summary_text
+from newsletter.sanitise import clean_summary, summary_text
 
 log = logging.getLogger(__name__)
 

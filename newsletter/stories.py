@@ -15,7 +15,6 @@ Network and parsing happen before any write, so a slow feed never holds the
 from __future__ import annotations
 
 import calendar
-import functools
 import hashlib
 import html
 import io
@@ -25,14 +24,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import feedparser
 import httpx
-import nh3
 from sqlalchemy import Insert, Table, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -42,34 +39,37 @@ from newsletter import __version__
 from newsletter.config import Settings
 from newsletter.errors import FeedError, InputError, NotFoundError
 from newsletter.models import Story, StoryOrigin, utcnow
+from newsletter.sanitise import (
+    BAD_CHARS,
+    canonical_url,
+    clean_summary,
+    collapse,
+    plain_text,
+    shorten,
+    summary_text,
+    url_problem,
+)
+
+__all__ = [
+    "FetchReport",
+    "add_story",
+    "canonical_url",
+    "clean_summary",
+    "fetch_feed",
+    "fetch_newsletter",
+    "hide_story",
+    "list_stories",
+    "pin_story",
+    "summary_text",
+    "unhide_story",
+]
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"newsletter/{__version__} (feed fetcher; +https://news.example.com)"
 FETCH_TIMEOUT = 20.0
 MAX_FEED_BYTES = 10 * 1024 * 1024
-SUMMARY_TEXT_LIMIT = 600
-# Raw HTML beyond this is never shown; cutting first bounds sanitiser work.
-SUMMARY_INPUT_LIMIT = 100_000
-TITLE_LIMIT, KICKER_LIMIT, SOURCE_LIMIT, GUID_LIMIT, URL_LIMIT = 500, 100, 300, 1000, 2000
-
-SUMMARY_TAGS = {"p", "br", "a", "strong", "b", "em", "i", "ul", "ol", "li", "blockquote"}
-# Tags whose *content* is dropped too, not only the tag (code, styles, embedded docs).
-DROP_CONTENT_TAGS = {
-    "script", "style", "template", "noscript", "iframe", "object", "svg", "math",
-    "title", "head", "textarea", "select",
-}  # fmt: skip
-TRACKING_PARAMS = {
-    "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "igshid",
-    "mc_cid", "mc_eid", "wt_mc", "wt_zmc", "_ga", "_gl", "_hsenc", "_hsmi", "mkt_tok",
-    "ref", "ref_src", "ref_url", "cmpid", "ncid", "oly_anon_id", "oly_enc_id",
-    "vero_id", "rb_clickid", "s_cid", "spm",
-}  # fmt: skip
-TRACKING_PREFIXES = ("utm_", "pk_", "mtm_")
-# NUL and other C0 controls, lone surrogates, non-characters: PostgreSQL and the
-# UTF-8 codecs reject them, and no reader needs them.
-_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
-_SPACE = re.compile(r"\s+")
+TITLE_LIMIT, KICKER_LIMIT, SOURCE_LIMIT, GUID_LIMIT = 500, 100, 300, 1000
 # Core table: bulk inserts with ON CONFLICT bypass the ORM unit of work.
 STORIES = cast(Table, Story.__table__)
 
@@ -102,194 +102,6 @@ class _Loaded:
     candidates: list[_Candidate]
     skipped: int
     warnings: list[str]
-
-
-# ---------------------------------------------------------------- text and URLs
-
-
-def _collapse(text: str) -> str:
-    return _SPACE.sub(" ", _BAD_CHARS.sub("", text)).strip()
-
-
-def _shorten(text: str, limit: int) -> str:
-    """Cut ``text`` to at most ``limit`` characters at a word boundary, with an ellipsis."""
-    if len(text) <= limit:
-        return text
-    if limit < 1:
-        return ""
-    cut = text[: limit - 1]
-    space = cut.rfind(" ")
-    if space > limit // 2:
-        cut = cut[:space]
-    return cut.rstrip(" ,;:.-") + "…"
-
-
-def canonical_url(url: str, *, base: str | None = None) -> str | None:
-    """Return ``url`` as an absolute http(s) URL without tracking parameters or fragment.
-
-    A relative URL is resolved against ``base`` (itself absolute http(s)); without a
-    base it is unusable. Returns None for anything an email must not link to:
-    javascript:, data:, mailto:, credentials in the URL, bad ports, overlong URLs.
-    """
-    try:
-        url = _BAD_CHARS.sub("", url or "").strip()
-        if not url:
-            return None
-        if base and urlsplit(base).scheme.lower() in ("http", "https"):
-            url = urljoin(base, url)
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
-            return None
-        host = parts.hostname.encode("idna").decode("ascii")
-        port = parts.port
-        netloc = host if port in (None, 80 if scheme == "http" else 443) else f"{host}:{port}"
-        # Keep untouched query pieces byte for byte; re-encoding would change URLs
-        # that sites treat as distinct.
-        kept = [
-            piece
-            for piece in parts.query.split("&")
-            if piece and not _is_tracking(unquote(piece.split("=", 1)[0]))
-        ]
-        path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
-        query = quote("&".join(kept), safe="/%:@!$&'()*+,;=-._~?")
-        result = urlunsplit((scheme, netloc, path, query, ""))
-    except (ValueError, UnicodeError):  # bad port, bad IDNA label, ...
-        return None
-    return result if len(result) <= URL_LIMIT else None
-
-
-def _is_tracking(name: str) -> bool:
-    name = name.strip().lower()
-    return name in TRACKING_PARAMS or name.startswith(TRACKING_PREFIXES)
-
-
-def _url_problem(link: str, base: str | None) -> str:
-    """Why ``canonical_url`` refused ``link`` (for the skip log)."""
-    scheme = urlsplit(link.strip()).scheme.lower() if link.strip() else ""
-    if not link.strip():
-        return "no link"
-    if not scheme and not base:
-        return "relative link and no base URL"
-    if scheme and scheme not in ("http", "https"):
-        return f"unsupported link scheme {scheme!r}"
-    return "invalid link"
-
-
-# ---------------------------------------------------------------- HTML
-
-
-def _href_filter(base: str | None) -> Any:
-    def keep(tag: str, attr: str, value: str) -> str | None:
-        if tag == "a" and attr == "href":
-            # nh3 swallows exceptions from callbacks into sys.unraisablehook;
-            # canonical_url itself never raises, so no guard is needed here.
-            return canonical_url(value, base=base)
-        return value
-
-    return keep
-
-
-@functools.lru_cache(maxsize=32)  # one per feed base URL, reused for every entry
-def _cleaner(base: str | None) -> nh3.Cleaner:
-    return nh3.Cleaner(
-        tags=SUMMARY_TAGS,
-        clean_content_tags=DROP_CONTENT_TAGS,
-        attributes={"a": {"href"}, "*": set()},  # "*" also drops nh3's default title/lang
-        attribute_filter=_href_filter(base),
-        link_rel="noopener",
-        url_schemes={"http", "https"},
-        url_relative="pass_through",  # "deny" would drop links before href_filter resolves them
-    )
-
-
-_TEXT_CLEANER = nh3.Cleaner(
-    tags=set(), clean_content_tags=DROP_CONTENT_TAGS, attributes={"*": set()}
-)
-
-
-class _Truncator(HTMLParser):
-    """Re-emits sanitised HTML with whitespace collapsed, stopping after ``limit`` text chars."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(convert_charrefs=True)
-        self.room = limit
-        self.out: list[str] = []
-        self.done = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if not self.done:
-            self.out.append(self.get_starttag_text() or "")
-
-    def handle_endtag(self, tag: str) -> None:
-        if not self.done:
-            self.out.append(f"</{tag}>")
-
-    def handle_data(self, data: str) -> None:
-        if self.done:
-            return
-        data = _SPACE.sub(" ", data)
-        if len(data) > self.room:
-            data = _shorten(data, self.room)
-            self.done = True
-        self.room -= len(data)
-        self.out.append(html.escape(data, quote=False))
-
-
-def clean_summary(html_text: str, *, base_url: str | None = None) -> str:
-    """Sanitise feed or editor HTML to the small subset an email may carry.
-
-    Keeps p, br, a[href], strong, b, em, i, ul, ol, li, blockquote; links become
-    absolute http(s) (relative ones resolved against ``base_url`` or dropped) with
-    rel="noopener" and no tracking parameters. Text is cut to about 600 characters
-    at a word boundary. Idempotent: ``clean_summary(clean_summary(x)) == clean_summary(x)``.
-    """
-    cleaner = _cleaner(base_url or None)
-    first = cleaner.clean(_BAD_CHARS.sub("", html_text[:SUMMARY_INPUT_LIMIT]))
-    truncator = _Truncator(SUMMARY_TEXT_LIMIT)
-    truncator.feed(first)
-    truncator.close()
-    # A second pass closes tags left open by truncation and normalises markup.
-    return str(_cleaner(None).clean("".join(truncator.out))).strip()
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "li":
-            self.parts.append("\n- ")
-        elif tag in ("p", "blockquote", "ul", "ol"):
-            self.parts.append("\n\n")
-        elif tag == "br":
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("p", "blockquote", "ul", "ol"):
-            self.parts.append("\n\n")
-
-    def handle_data(self, data: str) -> None:
-        self.parts.append(_SPACE.sub(" ", data))
-
-
-def summary_text(html_text: str) -> str:
-    """Plain text of a cleaned summary: paragraphs separated by blank lines, "- " items."""
-    parser = _TextExtractor()
-    parser.feed(html_text)
-    parser.close()
-    lines = [line.strip() for line in "".join(parser.parts).split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def _plain(value: Any, limit: int) -> str:
-    """Plain text from a possibly-HTML feed string (titles, tags, feed names)."""
-    if not isinstance(value, str) or not value:
-        return ""
-    # Strip markup even from "text/plain" titles: renderers must never meet a tag.
-    text = html.unescape(_TEXT_CLEANER.clean(_BAD_CHARS.sub("", value[:10_000])))
-    return _shorten(_collapse(text), limit)
 
 
 # ---------------------------------------------------------------- loading feeds
@@ -333,7 +145,7 @@ def _download(url: str, *, timeout: float, max_bytes: int) -> tuple[bytes, str, 
     except httpx.TooManyRedirects:
         raise FeedError("too many redirects") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise FeedError(f"cannot fetch: {_collapse(str(exc)) or type(exc).__name__}") from None
+        raise FeedError(f"cannot fetch: {collapse(str(exc)) or type(exc).__name__}") from None
 
 
 def _read_file(path: Path, *, max_bytes: int) -> bytes:
@@ -363,7 +175,7 @@ def _published(entry: Any, now: datetime) -> datetime | None:
 
 def _guid(entry: Any) -> str | None:
     raw = entry.get("id")
-    guid = _BAD_CHARS.sub("", raw).strip() if isinstance(raw, str) else ""
+    guid = BAD_CHARS.sub("", raw).strip() if isinstance(raw, str) else ""
     if not guid:
         return None
     if len(guid) > GUID_LIMIT:  # keep it unique rather than cutting it
@@ -391,24 +203,24 @@ def _candidate(entry: Any, *, base: str | None, source: str, now: datetime) -> _
     link = entry.get("link") if isinstance(entry.get("link"), str) else ""
     url = canonical_url(link, base=base)
     if url is None:
-        return _url_problem(link, base)
+        return url_problem(link, base)
     summary = clean_summary(_summary_html(entry), base_url=base)
-    title = _plain(entry.get("title"), TITLE_LIMIT) or _shorten(
-        _collapse(summary_text(summary)), 120
+    title = plain_text(entry.get("title"), TITLE_LIMIT) or shorten(
+        collapse(summary_text(summary)), 120
     )
     if not title:
         return "no title"
     tags = entry.get("tags") or []
     kicker = next(
-        (k for t in tags if (k := _plain(t.get("term") or t.get("label"), KICKER_LIMIT))), ""
+        (k for t in tags if (k := plain_text(t.get("term") or t.get("label"), KICKER_LIMIT))), ""
     )
     return _Candidate(_guid(entry), url, title, summary, kicker, source, _published(entry, now))
 
 
 def _bozo_reason(parsed: Any) -> str:
     exc = parsed.get("bozo_exception")
-    text = _collapse(f"{type(exc).__name__}: {exc}") if exc is not None else "malformed feed"
-    return _shorten(text, 200)
+    text = collapse(f"{type(exc).__name__}: {exc}") if exc is not None else "malformed feed"
+    return shorten(text, 200)
 
 
 def _load(
@@ -431,7 +243,7 @@ def _load(
         # feedparser does raise on some hostile input (a surrogate character
         # reference crashes its loose parser); a bad feed must never stop a run.
         raise FeedError(
-            f"cannot parse feed ({type(exc).__name__}: {_collapse(str(exc))[:150]})"
+            f"cannot parse feed ({type(exc).__name__}: {collapse(str(exc))[:150]})"
         ) from None
     feed = parsed.get("feed") or {}
     if not base:  # a local file: only the feed's own absolute <link> may anchor links
@@ -448,7 +260,7 @@ def _load(
     elif parsed.get("bozo"):
         warnings.append(f"malformed feed, ingested what could be read ({_bozo_reason(parsed)})")
     name = (
-        _plain(feed.get("title"), SOURCE_LIMIT)
+        plain_text(feed.get("title"), SOURCE_LIMIT)
         or urlsplit(base or source).hostname
         or Path(source).stem
     )
@@ -670,7 +482,7 @@ def add_story(
     clean_url = canonical_url(url)
     if clean_url is None:
         raise InputError(f"invalid story URL {url!r}: use an absolute http(s) URL")
-    clean_title = _plain(title, TITLE_LIMIT)
+    clean_title = plain_text(title, TITLE_LIMIT)
     if not clean_title:
         raise InputError("a story needs a title")
     existing = session.scalar(
@@ -685,7 +497,7 @@ def add_story(
         url=clean_url,
         title=clean_title,
         summary=clean_summary(summary),
-        kicker=_plain(kicker, KICKER_LIMIT),
+        kicker=plain_text(kicker, KICKER_LIMIT),
         source=urlsplit(clean_url).hostname or "",
         origin=StoryOrigin.EDITOR,
         published_at=now,

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings, load_settings
 from newsletter.errors import InputError, NotFoundError
 from newsletter.models import Story, StoryOrigin
+from newsletter.sanitise import SUMMARY_TAGS
 from newsletter.stories import (
-    SUMMARY_TAGS,
     add_story,
     canonical_url,
     clean_summary,
