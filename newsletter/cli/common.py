@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
-from newsletter.errors import NewsletterError
+from newsletter.errors import InputError, NewsletterError
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "json", "csv")
@@ -158,7 +158,7 @@ def parse_date(value: str | None) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (use YYYY-MM-DD)") from None
+        raise InputError(f"{value!r} is not a date (use YYYY-MM-DD)") from None
 
 
 class UserError(click.ClickException):
