@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
+    Edition,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -375,6 +376,24 @@ def cancel_open(session: Session, *, edition_id: int, now: datetime) -> int:
         )
         .values(status=DeliveryStatus.CANCELLED, updated_at=now),
     )
+
+
+def cancel_for_recipient(
+    session: Session, *, email: str, newsletter: str | None, now: datetime
+) -> int:
+    """Cancel someone's deliveries not yet handed to a provider (they left, or bounced).
+
+    ``newsletter`` limits it to that newsletter's editions; None cancels them all.
+    """
+    query = update(Delivery).where(
+        Delivery.email == email,
+        Delivery.status.in_(delivery_sources(DeliveryStatus.CANCELLED)),
+    )
+    if newsletter is not None:
+        query = query.where(
+            Delivery.edition_id.in_(select(Edition.id).where(Edition.newsletter == newsletter))
+        )
+    return _changed(session, query.values(status=DeliveryStatus.CANCELLED, updated_at=now))
 
 
 def stats(session: Session, *, edition_id: int | None = None) -> dict[DeliveryStatus, int]:

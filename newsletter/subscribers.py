@@ -38,6 +38,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from newsletter import outbox
 from newsletter.config import Settings
 from newsletter.errors import InputError, NotFoundError, StateError
 from newsletter.models import (
@@ -277,6 +278,9 @@ def _unsubscribe(session: Session, sub: Subscriber, newsletter: str | None) -> l
             changed.append(s)
     if newsletter is None:
         _suppress(session, sub.email, SuppressionReason.UNSUBSCRIBED, "unsubscribed from all")
+    else:
+        # Whoever leaves mid-send gets nothing more from this newsletter.
+        outbox.cancel_for_recipient(session, email=sub.email, newsletter=newsletter, now=utcnow())
     session.flush()
     return changed
 
@@ -350,6 +354,8 @@ def _suppress(session: Session, address: str, reason: SuppressionReason, detail:
     elif _suppression(session, address) is None:
         session.add(Suppression(**values))
         session.flush()
+    # A suppressed address gets nothing more, even from a send already under way.
+    outbox.cancel_for_recipient(session, email=address, newsletter=None, now=utcnow())
 
 
 def suppress(

@@ -352,3 +352,20 @@ def test_rate_limiter_spaces_batches() -> None:
     assert limiter.delay_for(1000) == pytest.approx(1.0)
     now[0] += 5.0  # idle time does not bank a burst beyond the current instant
     assert limiter.delay_for(10) == 0.0
+
+
+def test_leaving_mid_send_cancels_what_was_not_yet_sent(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    from newsletter import subscribers
+
+    eid = _edition(sessions, settings, readers=3)
+    with sessions.begin() as s:
+        sender.start_send(s, settings=settings, edition_id=eid, now=utcnow())
+        first, second, third = s.scalars(select(Delivery.email).order_by(Delivery.id)).all()
+        subscribers.unsubscribe(s, email=first, newsletter="daily-briefing")
+        subscribers.suppress(s, email=second, reason=SuppressionReason.COMPLAINED)
+    provider = Recording()
+    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    assert set(provider.copies) == {third}
+    assert report.counts[DeliveryStatus.CANCELLED] == 2 and report.complete
