@@ -9,6 +9,7 @@ when sending starts (:func:`freeze_content`).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # A story dated slightly in the future (a feed's clock skew) is still eligible.
 CLOCK_SKEW = timedelta(hours=1)
+# How many fresh candidates per edition slot are considered when mixing sources.
+CANDIDATES_PER_SLOT = 10
 
 
 def local_today(newsletter: NewsletterSettings, now: datetime | None = None) -> date:
@@ -49,7 +52,8 @@ def select_stories(
 
     Hidden stories never qualify, nor stories already frozen into another edition of
     the same newsletter (readers should not get yesterday's news again). Undated
-    stories count from when they were first fetched.
+    stories count from when they were first fetched. Sources take turns (see
+    :func:`mix_sources`) so one busy feed cannot fill the whole edition.
     """
     when = func.coalesce(Story.published_at, Story.fetched_at)
     in_other_edition = exists().where(
@@ -68,9 +72,30 @@ def select_stories(
             ~in_other_edition,
         )
         .order_by(Story.pinned.desc(), when.desc(), Story.id.desc())
-        .limit(newsletter.max_stories)
+        .limit(newsletter.max_stories * CANDIDATES_PER_SLOT)
     )
-    return list(session.scalars(query))
+    return mix_sources(list(session.scalars(query)), newsletter.max_stories)
+
+
+def mix_sources(ranked: Sequence[Story], limit: int) -> list[Story]:
+    """Pinned stories first, then each source's next-newest story in turn.
+
+    ``ranked`` is newest first; the result keeps that order within each source and
+    starts with the newest story overall, which becomes the lead.
+    """
+    picked = [s for s in ranked if s.pinned][:limit]
+    queues: dict[str, deque[Story]] = {}
+    for story in ranked:
+        if not story.pinned:
+            queues.setdefault(story.source, deque()).append(story)
+    while len(picked) < limit and queues:
+        for source in list(queues):
+            picked.append(queues[source].popleft())
+            if not queues[source]:
+                del queues[source]
+            if len(picked) == limit:
+                break
+    return picked
 
 
 def _inert(text: str) -> str:
