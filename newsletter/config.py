@@ -10,14 +10,24 @@ password, DKIM key) are read from the environment only.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from newsletter.errors import ConfigError
@@ -119,7 +129,7 @@ class DeliverySettings(_Section):
     failover_after: int = Field(default=5, ge=1)
     outbox_dir: str = "var/outbox"
     batch_size: int = Field(default=1000, ge=1, le=1000)
-    lease_seconds: int = Field(default=300, ge=5)
+    lease_seconds: int = Field(default=300, ge=1)
     max_attempts: int = Field(default=5, ge=1)
     retry_base_seconds: float = Field(default=2.0, ge=0)
     rate_per_second: float | None = Field(default=None, gt=0)
@@ -127,6 +137,24 @@ class DeliverySettings(_Section):
     uncertain: Literal["skip", "resend"] = "skip"
     sendgrid: SendGridSettings = SendGridSettings()
     smtp: SMTPSettings = SMTPSettings()
+
+
+class SchedulerSettings(_Section):
+    """The `newsletter scheduler` daemon: its single-runner lease and its tick."""
+
+    lease_seconds: int = Field(default=60, ge=5)
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+    dispatch_seconds: int = Field(default=60, ge=1)
+    one_off_grace_minutes: int = Field(default=60, ge=1)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> SchedulerSettings:
+        if self.heartbeat_seconds >= self.lease_seconds / 2:
+            raise ValueError(
+                f"heartbeat_seconds {self.heartbeat_seconds:g} must be under half of "
+                f"lease_seconds {self.lease_seconds}"
+            )
+        return self
 
 
 class NewsletterSettings(_Section):
@@ -141,6 +169,36 @@ class NewsletterSettings(_Section):
     freshness_hours: int = Field(default=24, ge=1)
     subject: str = "{{ newsletter.name }}: {{ lead.title }}"
     template: str = "briefing"
+    # Scheduling (see newsletter/scheduler.py). local_time "HH:MM" delivers in each
+    # subscriber's own timezone; stale_after is the deadline past which a run or a
+    # wave is skipped: a local clock time "HH:MM" or a delay after the scheduled
+    # time ("90m", "2h"); review_minutes builds the edition that long before sending.
+    local_time: str | None = None
+    stale_after: str = "2h"
+    review_minutes: int = Field(default=0, ge=0, le=1440)
+
+    @field_validator("local_time")
+    @classmethod
+    def _local_time(cls, v: str | None) -> str | None:
+        if v is not None:
+            _clock(v, "local_time")
+        return v
+
+    @field_validator("stale_after")
+    @classmethod
+    def _stale_after(cls, v: str) -> str:
+        _deadline(v)
+        return v
+
+    @property
+    def local_clock(self) -> dt.time | None:
+        """``local_time`` as a time of day, if set."""
+        return _clock(self.local_time, "local_time") if self.local_time else None
+
+    @property
+    def staleness(self) -> dt.time | dt.timedelta:
+        """``stale_after`` parsed: a local clock time, or a delay after the scheduled time."""
+        return _deadline(self.stale_after)
 
     @field_validator("timezone")
     @classmethod
@@ -161,6 +219,33 @@ class NewsletterSettings(_Section):
         except ValueError as exc:
             raise ValueError(f"invalid cron expression {v!r}: {exc}") from None
         return v
+
+
+def _clock(value: str, what: str) -> dt.time:
+    if re.fullmatch(r"\d\d:\d\d", value):
+        try:
+            return dt.time.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{what} {value!r} is not a time of day HH:MM")
+
+
+def _deadline(value: str) -> dt.time | dt.timedelta:
+    match = re.fullmatch(r"(\d+)\s*([mh])", value.strip())
+    if match:
+        amount = int(match.group(1))
+        delay = (
+            dt.timedelta(minutes=amount) if match.group(2) == "m" else dt.timedelta(hours=amount)
+        )
+        if not dt.timedelta(minutes=1) <= delay <= dt.timedelta(days=7):
+            raise ValueError(f"stale_after {value!r} must be between 1m and 168h")
+        return delay
+    try:
+        return _clock(value, "stale_after")
+    except ValueError:
+        raise ValueError(
+            f"stale_after {value!r} is neither a local time HH:MM nor a delay like 90m or 2h"
+        ) from None
 
 
 def _default_newsletters() -> dict[str, NewsletterSettings]:
@@ -184,6 +269,7 @@ class Settings(BaseSettings):
     site: SiteSettings = SiteSettings()
     database: DatabaseSettings = DatabaseSettings()
     delivery: DeliverySettings = DeliverySettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
     newsletters: dict[str, NewsletterSettings] = Field(default_factory=_default_newsletters)
 
     # Secrets: environment only (NEWSLETTER_SECRET_KEY, ...).

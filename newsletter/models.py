@@ -318,7 +318,6 @@ class Delivery(Base):
         UniqueConstraint("edition_id", "subscriber_id"),
         Index("ix_deliveries_edition_status", "edition_id", "status"),
         Index("ix_deliveries_email", "email"),
-        Index("ix_deliveries_batch", "batch_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

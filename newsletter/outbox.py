@@ -252,7 +252,12 @@ def record_outcomes(
         # The whole batch accepted under one message id (SendGrid): one statement.
         conn.execute(
             update(DELIVERIES)
-            .where(DELIVERIES.c.batch_id == batch_id, DELIVERIES.c.status == "sending")
+            .where(
+                # the primary key bounds the scan; the batch id picks this claim's rows
+                DELIVERIES.c.id.between(claimed[0].id, claimed[-1].id),
+                DELIVERIES.c.batch_id == batch_id,
+                DELIVERIES.c.status == "sending",
+            )
             .values(
                 status=DeliveryStatus.SENT.value,
                 provider=provider,
@@ -444,12 +449,16 @@ def next_lease_expiry(session: Session, *, edition_id: int) -> datetime | None:
     )
 
 
-def release(session: Session, *, batch_id: str, now: datetime) -> int:
+def release(session: Session, *, batch_id: str, claimed: Sequence[Claimed], now: datetime) -> int:
     """Hand a claimed batch back to the queue (the provider accepted none of it)."""
     return _changed(
         session,
         update(Delivery)
-        .where(Delivery.batch_id == batch_id, Delivery.status == DeliveryStatus.SENDING)
+        .where(
+            Delivery.id.in_([c.id for c in claimed]),
+            Delivery.batch_id == batch_id,
+            Delivery.status == DeliveryStatus.SENDING,
+        )
         .values(
             status=DeliveryStatus.QUEUED,
             batch_id=None,

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import FrameType
-from urllib.parse import quote
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -93,7 +92,9 @@ def recipient(
         unsubscribe_url=f"{base}/unsubscribe/{token}",
         preferences_url=f"{base}/preferences/{token}",
         unsubscribe_mailto=(
-            f"mailto:{settings.sender.unsubscribe_address}?subject={quote('unsubscribe ' + token)}"
+            # The token's alphabet is URL-safe but for ':' (see tokens.py).
+            f"mailto:{settings.sender.unsubscribe_address}"
+            f"?subject=unsubscribe%20{token.replace(':', '%3A')}"
         ),
     )
 
@@ -283,7 +284,7 @@ class _Run:
         except ProviderConfigError:
             with transaction(self.sessions) as session:
                 # Nothing in this batch was accepted: hand it back untouched.
-                outbox.release(session, batch_id=batch_id, now=self.clock())
+                outbox.release(session, batch_id=batch_id, claimed=claimed, now=self.clock())
             raise
         self.providers.record(provider, outcomes)
         with transaction(self.sessions) as session:

@@ -12,7 +12,6 @@ from alembic import op
 
 import newsletter.models
 
-
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -195,7 +194,6 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.create_index("ix_deliveries_batch", ["batch_id"], unique=False)
         batch_op.create_index(
             "ix_deliveries_edition_status", ["edition_id", "status"], unique=False
         )
@@ -396,7 +394,6 @@ def downgrade() -> None:
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_deliveries_email")
         batch_op.drop_index("ix_deliveries_edition_status")
-        batch_op.drop_index("ix_deliveries_batch")
 
     op.drop_table("deliveries")
     with op.batch_alter_table("suppressions", schema=None) as batch_op:
