@@ -17,9 +17,8 @@ import logging
 import random
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import (
     Executable,
@@ -134,8 +133,7 @@ def _count(session: Session, edition_id: int) -> int:
     return int(session.scalar(query) or 0)
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):
     """A delivery row handed to a sender."""
 
     id: int

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from newsletter.render import Personaliser, RecipientValues, RenderedEdition
 
@@ -46,9 +46,11 @@ class PreparedEdition:
         return self.content.subject
 
 
-@dataclass(frozen=True)
-class Recipient:
-    """One addressee; ``delivery_id`` is None for a test copy outside the ledger."""
+class Recipient(NamedTuple):
+    """One addressee; ``delivery_id`` is None for a test copy outside the ledger.
+
+    Tuples, not dataclasses: a million-recipient send creates a million of each.
+    """
 
     delivery_id: int | None
     email: str
@@ -66,8 +68,7 @@ class Recipient:
         )
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What the provider did with one recipient."""
 
     delivery_id: int | None
