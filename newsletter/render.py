@@ -413,8 +413,14 @@ def check_or_raise(rendered: RenderedEdition) -> None:
 # ----- per-recipient substitution ---------------------------------------------
 
 
-def _display_name(name: str) -> str:
-    return _one_line(name) or DEFAULT_NAME
+def display_name(name: str) -> str:
+    """The name a recipient is greeted by: on one line, ``"there"`` when blank.
+
+    Every provider fills ``%%NAME%%`` with this, so a reader sees the same greeting
+    whichever one sent the mail.
+    """
+    # _one_line inlined: the SendGrid body builder calls this per recipient.
+    return " ".join(name.split()) or DEFAULT_NAME
 
 
 def substitution_values(values: RecipientValues, *, html: bool) -> dict[str, str]:
@@ -423,7 +429,7 @@ def substitution_values(values: RecipientValues, *, html: bool) -> dict[str, str
     An empty name becomes ``"there"``. Escaping with quote=True is right both in
     text content and in the double-quoted attributes the placeholders sit in.
     """
-    name = _display_name(values.name)
+    name = display_name(values.name)
     if html:
         return {
             NAME: html_lib.escape(name, quote=True),
@@ -478,7 +484,7 @@ class Personaliser:
         """The HTML part for one recipient (values HTML-escaped)."""
         return self._html.fill(
             (
-                html_lib.escape(_display_name(values.name), quote=True),
+                html_lib.escape(display_name(values.name), quote=True),
                 html_lib.escape(values.unsubscribe_url, quote=True),
                 html_lib.escape(values.preferences_url, quote=True),
             )
@@ -487,5 +493,5 @@ class Personaliser:
     def text(self, values: RecipientValues) -> str:
         """The text part for one recipient (values as they are)."""
         return self._text.fill(
-            (_display_name(values.name), values.unsubscribe_url, values.preferences_url)
+            (display_name(values.name), values.unsubscribe_url, values.preferences_url)
         )

@@ -1,10 +1,7 @@
-"""Subscribers, their per-newsletter subscriptions, and the address-level suppression list.
+"""Subscribers and their per-newsletter subscriptions.
 
-Addresses are validated and normalised with email-validator (syntax only, no DNS)
-and then lower-cased as a whole. Local parts are case-sensitive in theory, but no
-real mailbox provider treats them so, and one lower-case form is what makes
-``Alice@Example.com`` and ``alice@example.com`` one subscriber, one suppression hash
-and one "duplicate in file". That lower-case form is what is stored and mailed.
+Addresses are stored in the one lower-case form :mod:`newsletter.addresses` makes
+(``normalise_email`` is re-exported here for the callers that import it from here).
 
 Policies every entry point shares:
 
@@ -17,12 +14,12 @@ Policies every entry point shares:
   bring it back by accident.
 
 Data functions take the session first and never commit: the caller owns the
-transaction. CSV import lives in :mod:`newsletter.subscriber_import`.
+transaction. CSV import lives in :mod:`newsletter.subscriber_import`, the
+suppression list in :mod:`newsletter.suppression`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -33,12 +30,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import available_timezones
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Select, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from newsletter import outbox
+from newsletter.addresses import normalise_email as normalise_email
 from newsletter.config import Settings
 from newsletter.errors import InputError, NotFoundError, StateError
 from newsletter.models import (
@@ -54,6 +50,7 @@ from newsletter.models import (
     transition_subscription,
     utcnow,
 )
+from newsletter.suppression import add_entry, find_entry, refuse_suppressed
 from newsletter.tokens import read_token
 
 if TYPE_CHECKING:
@@ -67,36 +64,6 @@ _SPACE = re.compile(r"\s+")
 
 
 # ----- validation -----------------------------------------------------------
-
-
-def email_problem(raw: str) -> tuple[str, str]:
-    """Normalise ``raw``: returns ``(address, "")`` or ``("", reason)`` if invalid."""
-    value = raw.strip()
-    if not value:
-        return "", "email address is empty"
-    try:
-        result = validate_email(value, check_deliverability=False)
-    except EmailNotValidError as exc:
-        return "", str(exc)
-    return result.normalized.lower(), ""
-
-
-def normalise_email(raw: str) -> str:
-    """The stored form of an address (validated, normalised, lower-case).
-
-    Raises InputError naming the address and why it is invalid.
-    """
-    address, problem = email_problem(raw)
-    if problem:
-        shown = raw.strip()
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        raise InputError(f"invalid email address {shown!r}: {problem}")
-    return address
-
-
-def email_hash(email: str) -> str:
-    """SHA-256 hex of a normalised address (the suppression list's key)."""
-    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
 
 
 @cache
@@ -160,17 +127,6 @@ def _require(session: Session, address: str) -> Subscriber:
     return sub
 
 
-def _suppression(session: Session, address: str) -> Suppression | None:
-    stmt = select(Suppression).where(Suppression.email_hash == email_hash(address))
-    return session.scalars(stmt).one_or_none()
-
-
-def _refuse_suppressed(session: Session, address: str) -> None:
-    found = _suppression(session, address)
-    if found is not None:
-        raise StateError(f"{address} is suppressed ({found.reason.value})")
-
-
 # ----- subscribing ----------------------------------------------------------
 
 
@@ -204,7 +160,7 @@ def add_subscriber(
     slugs = check_newsletters(settings, newsletters)
     if not slugs:
         raise InputError("choose at least one newsletter")
-    _refuse_suppressed(session, address)
+    refuse_suppressed(session, address=address)
 
     sub = _find(session, address)
     current = {s.newsletter: s for s in sub.subscriptions} if sub else {}
@@ -256,7 +212,7 @@ def confirm(session: Session, *, email: str, newsletter: str | None = None) -> l
     (suppressed address, or the subscription is unsubscribed).
     """
     address = normalise_email(email)
-    _refuse_suppressed(session, address)
+    refuse_suppressed(session, address=address)
     sub = _require(session, address)
     targets = [s for s in sub.subscriptions if newsletter is None or s.newsletter == newsletter]
     if not targets:
@@ -277,7 +233,12 @@ def _unsubscribe(session: Session, sub: Subscriber, newsletter: str | None) -> l
             transition_subscription(s, SubscriptionStatus.UNSUBSCRIBED)
             changed.append(s)
     if newsletter is None:
-        _suppress(session, sub.email, SuppressionReason.UNSUBSCRIBED, "unsubscribed from all")
+        add_entry(
+            session,
+            address=sub.email,
+            reason=SuppressionReason.UNSUBSCRIBED,
+            detail="unsubscribed from all",
+        )
     else:
         # Whoever leaves mid-send gets nothing more from this newsletter.
         outbox.cancel_for_recipient(session, email=sub.email, newsletter=newsletter, now=utcnow())
@@ -296,7 +257,12 @@ def unsubscribe(session: Session, *, email: str, newsletter: str | None) -> list
     sub = _find(session, address)
     if newsletter is None:
         if sub is None:
-            _suppress(session, address, SuppressionReason.UNSUBSCRIBED, "unsubscribed from all")
+            add_entry(
+                session,
+                address=address,
+                reason=SuppressionReason.UNSUBSCRIBED,
+                detail="unsubscribed from all",
+            )
             return []
         return _unsubscribe(session, sub, None)
     if sub is None or all(s.newsletter != newsletter for s in sub.subscriptions):
@@ -330,73 +296,6 @@ def unsubscribe_by_token(session: Session, *, token: str, settings: Settings) ->
     if sub is None:
         return []
     return _unsubscribe(session, sub, data.newsletter or None)
-
-
-# ----- suppression ------------------------------------------------------------
-
-
-def _suppress(session: Session, address: str, reason: SuppressionReason, detail: str) -> None:
-    values = {
-        "email_hash": email_hash(address),
-        "email": None if reason is SuppressionReason.FORGOTTEN else address,
-        "reason": reason,
-        "detail": detail,
-        "created_at": utcnow(),
-    }
-    # INSERT ... ON CONFLICT DO NOTHING: two webhook events for one bounce may race.
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        pg = postgresql.insert(Suppression).values(values)
-        session.execute(pg.on_conflict_do_nothing(index_elements=["email_hash"]))
-    elif dialect == "sqlite":
-        lite = sqlite.insert(Suppression).values(values)
-        session.execute(lite.on_conflict_do_nothing(index_elements=["email_hash"]))
-    elif _suppression(session, address) is None:
-        session.add(Suppression(**values))
-        session.flush()
-    # A suppressed address gets nothing more, even from a send already under way.
-    outbox.cancel_for_recipient(session, email=address, newsletter=None, now=utcnow())
-
-
-def suppress(
-    session: Session, *, email: str, reason: SuppressionReason, detail: str = ""
-) -> Suppression:
-    """Put an address on the suppression list; idempotent (the first entry is kept).
-
-    Returns the entry. Raises InputError for an invalid address.
-    """
-    address = normalise_email(email)
-    _suppress(session, address, reason, detail)
-    found = _suppression(session, address)
-    assert found is not None  # just inserted or already there
-    return found
-
-
-def unsuppress(session: Session, *, email: str) -> SuppressionReason | None:
-    """Remove an address from the suppression list; returns the reason it had, or None."""
-    address = normalise_email(email)
-    found = _suppression(session, address)
-    if found is None:
-        return None
-    session.delete(found)
-    session.flush()
-    return found.reason
-
-
-def is_suppressed(session: Session, *, email: str) -> SuppressionReason | None:
-    """The reason this address is suppressed, or None. InputError if invalid."""
-    found = _suppression(session, normalise_email(email))
-    return found.reason if found else None
-
-
-def list_suppressions(
-    session: Session, *, reason: SuppressionReason | None = None, limit: int | None = None
-) -> list[Suppression]:
-    """Suppression entries, oldest first (a forgotten entry has ``email`` None)."""
-    stmt = select(Suppression).order_by(Suppression.created_at, Suppression.id)
-    if reason is not None:
-        stmt = stmt.where(Suppression.reason == reason)
-    return list(session.scalars(stmt.limit(limit)))
 
 
 # ----- removal and erasure --------------------------------------------------
@@ -463,9 +362,9 @@ def remove(session: Session, *, email: str, newsletter: str | None, forget: bool
     if sub is not None:
         deleted = len(sub.subscriptions)
         session.delete(sub)
-    found = _suppression(session, address)
+    found = find_entry(session, address=address)
     if found is None:
-        _suppress(session, address, SuppressionReason.FORGOTTEN, "")
+        add_entry(session, address=address, reason=SuppressionReason.FORGOTTEN, detail="")
     else:
         found.email, found.reason, found.detail = None, SuppressionReason.FORGOTTEN, ""
     session.flush()

@@ -357,14 +357,14 @@ def test_rate_limiter_spaces_batches() -> None:
 def test_leaving_mid_send_cancels_what_was_not_yet_sent(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:
-    from newsletter import subscribers
+    from newsletter import subscribers, suppression
 
     eid = _edition(sessions, settings, readers=3)
     with sessions.begin() as s:
         sender.start_send(s, settings=settings, edition_id=eid, now=utcnow())
         first, second, third = s.scalars(select(Delivery.email).order_by(Delivery.id)).all()
         subscribers.unsubscribe(s, email=first, newsletter="daily-briefing")
-        subscribers.suppress(s, email=second, reason=SuppressionReason.COMPLAINED)
+        suppression.suppress(s, email=second, reason=SuppressionReason.COMPLAINED)
     provider = Recording()
     report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     assert set(provider.copies) == {third}

@@ -33,6 +33,7 @@ from newsletter.render import (
     StoryView,
     check_or_raise,
     check_rendered,
+    display_name,
     format_date_long,
     render_edition,
     render_mjml_source,
@@ -487,6 +488,15 @@ def test_personaliser_default_name(name: str) -> None:
     values = replace(ANN, name=name)
     assert "Hi there," in personaliser.html(values)
     assert "\nHi there,\n" in personaliser.text(values)
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [("", "there"), (" \t\n", "there"), (" Ann\r\n  Lee ", "Ann Lee"), ("Zoë", "Zoë")],
+)
+def test_display_name(raw: str, shown: str) -> None:
+    # SendGrid's substitutions use the same function, so every provider greets alike.
+    assert display_name(raw) == shown
 
 
 def naive(body: str, values: dict[str, str]) -> str:

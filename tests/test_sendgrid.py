@@ -27,7 +27,8 @@ from newsletter.messages import ONE_CLICK, list_unsubscribe
 from newsletter.models import Delivery, DeliveryStatus, utcnow
 from newsletter.providers import make_provider
 from newsletter.providers.base import PreparedEdition, Recipient
-from newsletter.providers.sendgrid import SendGridProvider, build_request, retry_after
+from newsletter.providers.sendgrid import SendGridProvider
+from newsletter.providers.sendgrid_request import build_request, retry_after
 from tests import factories
 from tests.sendgrid_server import SendGridServer
 

@@ -26,7 +26,8 @@ from python_http_client.exceptions import HTTPError
 from newsletter import render, sender
 from newsletter.config import Settings
 from newsletter.providers.base import PreparedEdition, Recipient
-from newsletter.providers.sendgrid import SendGridProvider, validate_request
+from newsletter.providers.sendgrid import SendGridProvider
+from newsletter.providers.sendgrid_request import validate_request
 from tests.conftest import ROOT, SHARED
 
 PRISM = ROOT / ".prism" / "node_modules" / ".bin" / "prism"
@@ -158,11 +159,11 @@ SHAPES: dict[str, tuple[PreparedEdition, list[Recipient]]] = {
     "long name near the substitutions limit": (_edition(), _recipients(1, ["n" * 4500])),
     "a test copy (no delivery id)": (
         _edition(),
-        [replace(_recipients(1)[0], delivery_id=None, email="editor@example.com")],
+        [_recipients(1)[0]._replace(delivery_id=None, email="editor@example.com")],
     ),
     "links that need escaping": (
         _edition(),
-        [replace(r, unsubscribe_url=r.unsubscribe_url + '?a=1&b="2"') for r in _recipients(2)],
+        [r._replace(unsubscribe_url=r.unsubscribe_url + '?a=1&b="2"') for r in _recipients(2)],
     ),
 }
 

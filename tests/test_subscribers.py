@@ -19,6 +19,7 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from newsletter import subscribers as svc
+from newsletter import suppression as sup
 from newsletter.config import Settings
 from newsletter.errors import CSVImportError, InputError, NotFoundError, StateError
 from newsletter.models import (
@@ -89,7 +90,7 @@ def add(session: Session, settings: Settings, email: str, **kw: Any) -> Subscrib
 )
 def test_normalise_email_lower_cases_the_whole_address(raw: str, stored: str) -> None:
     assert svc.normalise_email(raw) == stored
-    assert svc.email_hash(raw.strip()) == svc.email_hash(stored)
+    assert sup.email_hash(raw.strip()) == sup.email_hash(stored)
 
 
 @pytest.mark.parametrize(
@@ -248,7 +249,7 @@ def test_import_never_resubscribes_unsubscribed_or_suppressed(
     svc.unsubscribe(session, email="left@example.com", newsletter="daily-briefing")
     add(session, settings, "quit@example.com")
     svc.unsubscribe(session, email="quit@example.com", newsletter=None)
-    svc.suppress(session, email="bounce@example.com", reason=SuppressionReason.BOUNCED)
+    sup.suppress(session, email="bounce@example.com", reason=SuppressionReason.BOUNCED)
     add(session, settings, "gone@example.com")
     svc.remove(session, email="gone@example.com", newsletter=None, forget=True)
     session.commit()
@@ -374,7 +375,7 @@ def test_failed_import_writes_nothing(run_cli: CliRun, session: Session, tmp_pat
 
 
 def test_add_refuses_suppressed_and_forgotten(session: Session, settings: Settings) -> None:
-    svc.suppress(session, email="b@example.com", reason=SuppressionReason.COMPLAINED)
+    sup.suppress(session, email="b@example.com", reason=SuppressionReason.COMPLAINED)
     with pytest.raises(StateError, match=r"b@example.com is suppressed \(complained\)"):
         add(session, settings, "B@example.com")
     add(session, settings, "f@example.com")
@@ -418,35 +419,35 @@ def test_confirm_and_unsubscribe(session: Session, settings: Settings) -> None:
     assert svc.unsubscribe(session, email="a@example.com", newsletter="daily-briefing") == []
     with pytest.raises(StateError, match="has unsubscribed"):
         svc.confirm(session, email="a@example.com", newsletter="daily-briefing")
-    assert svc.is_suppressed(session, email="a@example.com") is None
+    assert sup.is_suppressed(session, email="a@example.com") is None
 
     svc.unsubscribe(session, email="a@example.com", newsletter=None)
     assert set(subscriptions(session).values()) == {UNSUBSCRIBED}
-    assert svc.is_suppressed(session, email="a@example.com") is SuppressionReason.UNSUBSCRIBED
+    assert sup.is_suppressed(session, email="a@example.com") is SuppressionReason.UNSUBSCRIBED
     with pytest.raises(StateError, match="suppressed"):
         svc.confirm(session, email="a@example.com")
     # An unknown address asking to leave everything is simply suppressed.
     assert svc.unsubscribe(session, email="stranger@example.com", newsletter=None) == []
-    assert svc.is_suppressed(session, email="Stranger@example.com") is not None
+    assert sup.is_suppressed(session, email="Stranger@example.com") is not None
 
 
 def test_suppress_is_idempotent_and_keeps_the_first_reason(session: Session) -> None:
-    first = svc.suppress(
+    first = sup.suppress(
         session, email="x@example.com", reason=SuppressionReason.BOUNCED, detail="550"
     )
-    again = svc.suppress(session, email="X@example.com", reason=SuppressionReason.COMPLAINED)
+    again = sup.suppress(session, email="X@example.com", reason=SuppressionReason.COMPLAINED)
     assert again.id == first.id and again.reason is SuppressionReason.BOUNCED
-    assert [s.email for s in svc.list_suppressions(session)] == ["x@example.com"]
-    assert svc.unsuppress(session, email="x@example.com") is SuppressionReason.BOUNCED
-    assert svc.unsuppress(session, email="x@example.com") is None
-    assert svc.is_suppressed(session, email="x@example.com") is None
+    assert [s.email for s in sup.list_suppressions(session)] == ["x@example.com"]
+    assert sup.unsuppress(session, email="x@example.com") is SuppressionReason.BOUNCED
+    assert sup.unsuppress(session, email="x@example.com") is None
+    assert sup.is_suppressed(session, email="x@example.com") is None
 
 
 def test_forget_leaves_no_trace_of_the_address(session: Session, settings: Settings) -> None:
     address = "Erin.Erased@Example.com"
     person = add(session, settings, address, name="Erin Erased", timezone="Europe/Oslo")
     keep = add(session, settings, "kept@example.com", name="Kept")
-    svc.suppress(session, email=address, reason=SuppressionReason.BOUNCED, detail=f"550 {address}")
+    sup.suppress(session, email=address, reason=SuppressionReason.BOUNCED, detail=f"550 {address}")
     edition = Edition(newsletter="daily-briefing", issue_date=date(2026, 1, 5), subject="Hi")
     session.add(edition)
     session.flush()
@@ -496,13 +497,13 @@ def test_forget_leaves_no_trace_of_the_address(session: Session, settings: Setti
             assert needle not in repr(tuple(row)).lower(), (table.name, row)
     entry = session.scalars(select(Suppression)).one()
     assert (entry.email, entry.reason, entry.detail) == (None, SuppressionReason.FORGOTTEN, "")
-    assert entry.email_hash == svc.email_hash(needle)
+    assert entry.email_hash == sup.email_hash(needle)
     statuses = {i: s for i, s in session.execute(select(Delivery.id, Delivery.status))}
     assert statuses[sent.id] is DeliveryStatus.FAILED
     assert statuses[queued.id] is DeliveryStatus.CANCELLED
     assert statuses[other.id] is DeliveryStatus.QUEUED
     assert session.get(Delivery, other.id).email == "kept@example.com"  # type: ignore[union-attr]
-    assert svc.is_suppressed(session, email=address) is SuppressionReason.FORGOTTEN
+    assert sup.is_suppressed(session, email=address) is SuppressionReason.FORGOTTEN
 
 
 def test_remove_without_forget_unsubscribes(session: Session, settings: Settings) -> None:
@@ -515,7 +516,7 @@ def test_remove_without_forget_unsubscribes(session: Session, settings: Settings
     with pytest.raises(NotFoundError):
         svc.remove(session, email="zz@example.com", newsletter="good-news", forget=False)
     svc.remove(session, email="a@example.com", newsletter=None, forget=False)
-    assert svc.is_suppressed(session, email="a@example.com") is SuppressionReason.UNSUBSCRIBED
+    assert sup.is_suppressed(session, email="a@example.com") is SuppressionReason.UNSUBSCRIBED
 
 
 # ----- tokens -----------------------------------------------------------------
@@ -533,12 +534,12 @@ def test_unsubscribe_by_token(session: Session, settings: Settings) -> None:
     changed = svc.unsubscribe_by_token(session, token=one, settings=settings)
     assert [s.newsletter for s in changed] == ["good-news"]
     assert svc.unsubscribe_by_token(session, token=one, settings=settings) == []
-    assert svc.is_suppressed(session, email="a@example.com") is None
+    assert sup.is_suppressed(session, email="a@example.com") is None
 
     every = token(settings, person.key, "")
     changed = svc.unsubscribe_by_token(session, token=every, settings=settings)
     assert [s.newsletter for s in changed] == ["daily-briefing"]
-    assert svc.is_suppressed(session, email="a@example.com") is SuppressionReason.UNSUBSCRIBED
+    assert sup.is_suppressed(session, email="a@example.com") is SuppressionReason.UNSUBSCRIBED
     assert svc.unsubscribe_by_token(session, token=every, settings=settings) == []
     # A person since forgotten: the link still "works" and does nothing.
     gone = token(settings, "f" * 32, "")
@@ -632,7 +633,7 @@ def test_export_import_round_trip_is_formula_safe(
 def test_list_json_parses_back(run_cli: CliRun, session: Session, settings: Settings) -> None:
     add(session, settings, "a@example.com", name="Ann", timezone="Europe/Paris", status=CONFIRMED)
     add(session, settings, "b@example.com", newsletters=["daily-briefing", "good-news"])
-    svc.suppress(session, email="b@example.com", reason=SuppressionReason.BOUNCED)
+    sup.suppress(session, email="b@example.com", reason=SuppressionReason.BOUNCED)
     session.commit()
     rows = json.loads(run_cli("subscribers", "list", "--format", "json").output)
     assert [(r["email"], r["newsletter"], r["status"], r["suppressed"]) for r in rows] == [

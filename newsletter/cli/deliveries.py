@@ -7,9 +7,9 @@ import json
 import click
 
 from newsletter import outbox
+from newsletter.addresses import normalise_email
 from newsletter.cli.common import App, emit_rows, format_option, pass_app
 from newsletter.models import DeliveryStatus, utcnow
-from newsletter.subscribers import normalise_email
 
 STATUS = click.Choice([s.value for s in DeliveryStatus])
 

@@ -19,6 +19,7 @@ from typing import TextIO
 import click
 
 from newsletter import subscribers as svc
+from newsletter import suppression
 from newsletter.cli.common import App, Group, emit_rows, format_option, pass_app, safe_cell
 from newsletter.config import Settings
 from newsletter.errors import InputError
@@ -270,7 +271,9 @@ def unsubscribe_token(app: App, token: str) -> None:
 def suppress(app: App, email: str, reason: str, detail: str) -> None:
     """Never mail EMAIL again (until `unsuppress`)."""
     with app.transaction() as session:
-        entry = svc.suppress(session, email=email, reason=SuppressionReason(reason), detail=detail)
+        entry = suppression.suppress(
+            session, email=email, reason=SuppressionReason(reason), detail=detail
+        )
         click.echo(f"suppressed {entry.email} ({entry.reason.value})")
 
 
@@ -280,7 +283,7 @@ def suppress(app: App, email: str, reason: str, detail: str) -> None:
 def unsuppress(app: App, email: str) -> None:
     """Take EMAIL off the suppression list (subscriptions stay as they are)."""
     with app.transaction() as session:
-        reason = svc.unsuppress(session, email=email)
+        reason = suppression.unsuppress(session, email=email)
     click.echo(f"removed suppression ({reason.value})" if reason else "not suppressed")
 
 
@@ -291,7 +294,7 @@ def unsuppress(app: App, email: str) -> None:
 def suppressions(app: App, reason: str | None, fmt: str) -> None:
     """List the suppression list (forgotten entries show only their hash)."""
     with app.transaction() as session:
-        entries = svc.list_suppressions(
+        entries = suppression.list_suppressions(
             session, reason=SuppressionReason(reason) if reason else None
         )
         rows = [
