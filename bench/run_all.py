@@ -21,7 +21,7 @@ FULL: list[list[str]] = [
     ["compose_bench.py"],
     ["import_bench.py"],
     ["send_bench.py"],
-    ["smtp_bench.py"],
+    ["smtp_bench.py", "--dkim-n", "2000"],
 ]
 QUICK: list[list[str]] = [
     ["compose_bench.py", "--runs", "50", "--recipients", "2000"],
