@@ -64,11 +64,11 @@ def server_stats(url: str) -> dict[str, int]:
     return data
 
 
-def make_config(tmp: Path, url: str, concurrency: int) -> Path:
+def make_config(tmp: Path, url: str, concurrency: int, processes: int = 1) -> Path:
     cfg = write_config(tmp / "config.toml", f"sqlite:///{tmp / 'bench.db'}")
     text = cfg.read_text().replace(
         '[delivery]\nprovider = "outbox"',
-        f'[delivery]\nprovider = "sendgrid"\nconcurrency = {concurrency}',
+        f'[delivery]\nprovider = "sendgrid"\nconcurrency = {concurrency}\nprocesses = {processes}',
     )
     text = text.replace('log_level = "INFO"', 'log_level = "WARNING"')
     cfg.write_text(text + f'\n[delivery.sendgrid]\napi_base_url = "{url}"\n')
@@ -182,13 +182,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subscribers", type=int, default=1_000_000)
     parser.add_argument("--naive", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=2, help="sender threads")
+    parser.add_argument("--processes", type=int, default=2, help="sender processes")
     args = parser.parse_args()
     server, url = start_server()
     try:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
-            cfg = make_config(tmp, url, args.concurrency)
+            cfg = make_config(tmp, url, args.concurrency, args.processes)
             t = time.perf_counter()
             edition_id = seed(cfg, args.subscribers)
             print(f"seeded {args.subscribers:,} subscribers in {time.perf_counter() - t:.1f} s")

@@ -134,6 +134,7 @@ class DeliverySettings(_Section):
     retry_base_seconds: float = Field(default=2.0, ge=0)
     rate_per_second: float | None = Field(default=None, gt=0)
     concurrency: int = Field(default=1, ge=1, le=32)
+    processes: int = Field(default=1, ge=1, le=16)
     uncertain: Literal["skip", "resend"] = "skip"
     sendgrid: SendGridSettings = SendGridSettings()
     smtp: SMTPSettings = SMTPSettings()

@@ -369,3 +369,17 @@ def test_leaving_mid_send_cancels_what_was_not_yet_sent(
     report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     assert set(provider.copies) == {third}
     assert report.counts[DeliveryStatus.CANCELLED] == 2 and report.complete
+
+
+def test_helper_processes_share_an_edition_without_overlap(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    settings = _with_delivery(settings, processes=2, batch_size=5)
+    eid = _edition(sessions, settings, readers=60)
+    report = sender.send_edition(
+        sessions, settings=settings, edition_id=eid, provider=OutboxProvider(settings.outbox_path)
+    )
+    assert report.complete and report.sent == 60
+    files = _eml_files(settings)
+    assert len(files) == 60
+    assert len({str(_parse(f)["To"]) for f in files}) == 60
