@@ -20,7 +20,8 @@ BENCH = Path(__file__).resolve().parent
 FULL: list[list[str]] = [
     ["compose_bench.py"],
     ["import_bench.py"],
-    ["send_bench.py"],
+    ["send_bench.py", "--processes", "1"],
+    ["send_bench.py", "--processes", "2", "--naive", "0"],
     ["smtp_bench.py", "--dkim-n", "2000"],
 ]
 QUICK: list[list[str]] = [

@@ -4,9 +4,10 @@ Not a test. Seeds a fresh SQLite database with N subscribers (default 1,000,000;
 seeding is not timed), builds an edition, starts the recording SendGrid server
 (tests/sendgrid_server.py, counts only) as its own process, then times
 `newsletter send --edition ID` as a subprocess from start to exit: audience frozen,
-every recipient accepted by the server and logged in the ledger. Peak RSS is the
-sender process's. In the same run, the naive way on a slice (default 10,000): render
-Jinja + MJML and build an email.message per recipient, one API call per recipient.
+every recipient accepted by the server and logged in the ledger. Peak RSS is read
+from /proc for the sender and its helper processes. In the same run, the naive way
+on a slice (default 10,000): render Jinja + MJML and build an email.message per
+recipient, one API call per recipient.
 
     .venv/bin/python bench/send_bench.py [--subscribers 1000000] [--naive 10000]
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -122,8 +122,30 @@ def seed(cfg: Path, subscribers: int) -> int:
     return edition_id
 
 
-def timed_send(cfg: Path, edition_id: int) -> tuple[float, float, int]:
-    """Run the sender as a process; returns (seconds, peak RSS in MB, exit code)."""
+def _hwm_mb(pid: int) -> float:
+    """Peak resident memory of one process (VmHWM), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def timed_send(cfg: Path, edition_id: int) -> tuple[float, float, float, int]:
+    """Run the sender as a process; returns (seconds, peak RSS of the main sender
+    process and of all its processes together in MB, exit code). Peak RSS is read
+    from /proc while it runs (a child's ru_maxrss would include this process's)."""
     env = {**os.environ, "NEWSLETTER_CONFIG": str(cfg), "NEWSLETTER_SENDGRID_API_KEY": KEY}
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -131,10 +153,13 @@ def timed_send(cfg: Path, edition_id: int) -> tuple[float, float, int]:
         env=env,
         stdout=subprocess.DEVNULL,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
+    peaks: dict[int, float] = {}
+    while proc.poll() is None:
+        for pid in [proc.pid, *_children(proc.pid)]:
+            peaks[pid] = max(peaks.get(pid, 0.0), _hwm_mb(pid))
+        time.sleep(0.05)
     elapsed = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return elapsed, usage.ru_maxrss / 1024, proc.returncode
+    return elapsed, peaks.get(proc.pid, 0.0), sum(peaks.values()), proc.returncode
 
 
 def naive(cfg: Path, edition_id: int, url: str, count: int) -> float:
@@ -193,7 +218,7 @@ def main() -> int:
             t = time.perf_counter()
             edition_id = seed(cfg, args.subscribers)
             print(f"seeded {args.subscribers:,} subscribers in {time.perf_counter() - t:.1f} s")
-            seconds, rss, code = timed_send(cfg, edition_id)
+            seconds, rss, rss_all, code = timed_send(cfg, edition_id)
             stats = server_stats(url)
             engine = db.make_engine(load_settings(cfg).database_url)
             with engine.connect() as conn:
@@ -211,7 +236,8 @@ def main() -> int:
         ("sender exit code", str(code)),
         ("wall time, start to all accepted and logged", f"{seconds:.2f} s (target <= 15 s)"),
         ("recipients/s", f"{rate:,.0f}"),
-        ("peak RSS of the sender", f"{rss:.0f} MB (target <= 200 MB)"),
+        ("peak RSS of the sender process", f"{rss:.0f} MB (target <= 200 MB)"),
+        (f"peak RSS, all {args.processes} sender processes", f"{rss_all:.0f} MB"),
         ("requests accepted by the server", f"{stats['requests']:,}"),
         ("recipients accepted by the server", f"{stats['recipients']:,}"),
         ("duplicate copies", f"{stats['duplicates']:,}"),
@@ -223,10 +249,6 @@ def main() -> int:
     print(f"\n| {'what'.ljust(width)} | result |\n|{'-' * (width + 2)}|--------|")
     for k, v in rows:
         print(f"| {k.ljust(width)} | {v} |")
-    print(
-        "\n(max RSS of this benchmark process: "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)"
-    )
     return 0 if code == 0 and stats["recipients"] == args.subscribers else 1
 
 
