@@ -158,3 +158,47 @@ def check(app: App, edition_id: int) -> None:
         f"edition {edition_id}: all checks passed "
         f"(HTML {size / 1024:.1f} KB, subject {content.subject!r})"
     )
+
+
+@group.command("hold")
+@click.argument("edition_id", type=int)
+@click.option("--reason", default="held by an editor", show_default=True)
+@pass_app
+def hold(app: App, edition_id: int, reason: str) -> None:
+    """Hold a built edition for review: its scheduled send waits until released."""
+    with app.transaction() as session:
+        editions.hold_edition(session, edition_id=edition_id, reason=reason)
+    click.echo(
+        f"edition {edition_id} held; release it with `newsletter edition release {edition_id}`"
+    )
+
+
+@group.command("release")
+@click.argument("edition_id", type=int)
+@pass_app
+def release(app: App, edition_id: int) -> None:
+    """Release a held edition: its scheduled send goes out at the scheduler's next tick."""
+    with app.transaction() as session:
+        editions.release_edition(session, edition_id=edition_id)
+    click.echo(f"edition {edition_id} released")
+
+
+@group.command("from-file")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--newsletter", "slug", required=True, help="Newsletter whose audience gets it.")
+@click.option("--subject", required=True, help="The email subject.")
+@pass_app
+def from_file(app: App, path: Path, slug: str, subject: str) -> None:
+    """Create a special edition (breaking news) from a Markdown or MJML file."""
+    from newsletter import special
+
+    with app.transaction() as session:
+        edition = special.create_special_edition(
+            session, settings=app.settings, slug=slug, path=path, subject=subject
+        )
+    click.echo(
+        f"special edition {edition.id} of {slug} created ({len(edition.html or '') / 1024:.1f} KB);"
+        f" send it with `newsletter send --edition {edition.id}` [--at TIME]",
+        err=True,
+    )
+    click.echo(edition.id)

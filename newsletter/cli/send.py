@@ -91,6 +91,12 @@ def print_summary(report: sender.SendReport) -> None:
 @click.option(
     "--cancel", "cancel_id", type=int, metavar="EDITION", help="Cancel an edition's send."
 )
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Schedule a one-off send instead: HH:MM or ISO date-time (newsletter's timezone).",
+)
 @pass_app
 def send(
     app: App,
@@ -102,9 +108,15 @@ def send(
     pause_id: int | None,
     resume_id: int | None,
     cancel_id: int | None,
+    at: str | None,
 ) -> None:
     """Send an edition to every confirmed, non-suppressed subscriber (never twice)."""
     settings = app.settings
+    if at is not None:
+        from newsletter.cli.scheduler import schedule_at
+
+        schedule_at(app, at, slug=slug, edition_id=edition_id, issue_date=issue_date)
+        return
     if pause_id is not None:
         with app.transaction() as session:
             sender.pause(session, edition_id=pause_id)
