@@ -133,12 +133,24 @@ def _graceful_stop() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
+def _resend_uncertain(settings: Settings, provider: Provider | None = None) -> bool:
+    """Whether rows left uncertain by a crash go out again (see providers/base.py)."""
+    return settings.delivery.uncertain == "resend" or bool(provider and provider.idempotent)
+
+
 def start_send(
-    session: Session, *, settings: Settings, edition_id: int, now: datetime
+    session: Session,
+    *,
+    settings: Settings,
+    edition_id: int,
+    now: datetime,
+    resend_uncertain: bool | None = None,
 ) -> tuple[Edition, render.RenderedEdition, int, int]:
     """Freeze content and audience (first run only) and mark the edition sending.
 
-    Returns ``(edition, content, newly queued, recovered uncertain)``. Refuses paused
+    ``resend_uncertain`` (default: from settings) decides what happens to a batch a
+    dead sender left behind. Returns ``(edition, content, newly queued, recovered
+    uncertain)``. Refuses paused
     or cancelled editions; a finished edition with nothing open is left as it is.
     """
     edition = editions.get_edition(session, edition_id, for_update=True)
@@ -163,7 +175,10 @@ def start_send(
         edition.send_started_at = now
         log.info("edition %s: audience frozen, %d deliveries queued", edition.id, queued)
     recovered = outbox.recover_expired(
-        session, edition_id=edition.id, now=now, resend=settings.delivery.uncertain == "resend"
+        session,
+        edition_id=edition.id,
+        now=now,
+        resend=_resend_uncertain(settings) if resend_uncertain is None else resend_uncertain,
     )
     counts = outbox.stats(session, edition_id=edition.id)
     has_open = any(counts[s] for s in outbox.OPEN)
@@ -244,6 +259,7 @@ class _Run:
     total: int
     report: SendReport
     stop: threading.Event
+    resend: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     error: BaseException | None = None
 
@@ -275,7 +291,7 @@ class _Run:
             )
         if not claimed:
             return not _wait_or_finish(
-                self.sessions, self.edition_id, self.clock, self.sleep, self.settings
+                self.sessions, self.edition_id, self.clock, self.sleep, self.settings, self.resend
             )
         slug = self.prepared.newsletter
         recipients = [
@@ -349,7 +365,11 @@ def send_edition(
             p.check()
     with transaction(sessions) as session:
         edition, content, queued, recovered = start_send(
-            session, settings=settings, edition_id=edition_id, now=clock()
+            session,
+            settings=settings,
+            edition_id=edition_id,
+            now=clock(),
+            resend_uncertain=_resend_uncertain(settings, provider),
         )
         prepared = prepare(settings, edition, content)
         before = outbox.stats(session, edition_id=edition_id)
@@ -372,6 +392,7 @@ def send_edition(
             total=total,
             report=report,
             stop=stop,
+            resend=_resend_uncertain(settings, provider),
         )
         helpers = _start_helper_processes(settings, edition_id, wait=wait)
         if delivery.concurrency == 1:
@@ -467,6 +488,7 @@ def _wait_or_finish(
     clock: Callable[[], datetime],
     sleep: Callable[[float], None] | None,
     settings: Settings,
+    resend: bool,
 ) -> bool:
     """Nothing claimable now: finish the edition, or wait for retries/leases.
 
@@ -491,7 +513,7 @@ def _wait_or_finish(
             session,
             edition_id=edition_id,
             now=clock(),
-            resend=settings.delivery.uncertain == "resend",
+            resend=resend,
         )
     return False
 

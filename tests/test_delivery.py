@@ -73,6 +73,7 @@ class Recording:
 
     name = "recording"
     max_batch = 2
+    idempotent = False
 
     def __init__(
         self, script: Sequence[str] = (), *, name: str = "recording", default: str = "ok"
@@ -383,3 +384,44 @@ def test_helper_processes_share_an_edition_without_overlap(
     files = _eml_files(settings)
     assert len(files) == 60
     assert len({str(_parse(f)["To"]) for f in files}) == 60
+
+
+def test_idempotent_provider_resends_an_uncertain_batch_exactly_once(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    assert settings.delivery.uncertain == "skip"
+    eid = _edition(sessions, settings, readers=4)
+    provider = OutboxProvider(settings.outbox_path)
+    long_ago = utcnow() - timedelta(hours=1)
+    with sessions.begin() as s:
+        sender.start_send(s, settings=settings, edition_id=eid, now=long_ago)
+        _, claimed = outbox.claim_batch(s, edition_id=eid, limit=2, lease_seconds=60, now=long_ago)
+    # the dead sender had written these two files before it could record them
+    prepared = sender.prepare(settings, *_content(sessions, settings, eid))
+    provider.send_batch(
+        prepared,
+        [
+            sender.recipient(
+                settings,
+                delivery_id=c.id,
+                email=c.email,
+                name=c.name,
+                key=c.subscriber_key,
+                newsletter="daily-briefing",
+            )
+            for c in claimed
+        ],
+    )
+    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    assert report.counts[DeliveryStatus.SENT] == 4 and report.counts[DeliveryStatus.UNCERTAIN] == 0
+    assert len(_eml_files(settings)) == 4
+
+
+def _content(
+    sessions: sessionmaker[Session], settings: Settings, eid: int
+) -> tuple[editions.Edition, editions.render.RenderedEdition]:
+    with sessions() as s:
+        edition = editions.get_edition(s, eid)
+        content = editions.frozen_content(edition)
+        assert content is not None
+        return edition, content

@@ -15,7 +15,13 @@ Providers may be called from several sender threads at once (delivery.concurrenc
 ``failed`` (permanent, with the reason) or ``retry`` (transient, optionally with a
 ``retry_after`` in seconds). It raises ProviderConfigError only when nothing can be
 sent at all (missing key, bad credentials) so the send stops before more is claimed.
-A recipient is reported ``sent`` only once the mail system accepted it.
+A recipient is reported ``sent`` only once the mail system accepted it; it raises
+ProviderConfigError only before any part of the batch was accepted.
+
+``idempotent`` says that handing the same delivery over twice still yields one
+message (the outbox names each file after its delivery). For such a provider a
+batch left uncertain by a crash is simply sent again, whatever ``delivery.uncertain``
+says, which makes delivery exactly-once.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class Provider(Protocol):
 
     name: str
     max_batch: int
+    idempotent: bool
 
     def check(self) -> None: ...
 

@@ -26,6 +26,7 @@ class OutboxProvider:
 
     name = "outbox"
     max_batch = 1000
+    idempotent = True  # one file per delivery: a repeat replaces it
 
     def __init__(self, root: Path) -> None:
         self.root = root

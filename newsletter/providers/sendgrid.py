@@ -103,6 +103,7 @@ class SendGridProvider:
 
     name = "sendgrid"
     max_batch = MAX_PERSONALIZATIONS
+    idempotent = False
 
     def __init__(
         self,

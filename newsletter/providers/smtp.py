@@ -163,6 +163,7 @@ class SMTPProvider:
 
     name = "smtp"
     max_batch = 1000
+    idempotent = False
 
     def __init__(
         self,
