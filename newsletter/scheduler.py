@@ -8,13 +8,13 @@ any newsletter run that is due but did not happen (missed while down, or
 interrupted by a crash; each fire time runs once). Jobs live in the project database
 (``SQLAlchemyJobStore``, table ``apscheduler_jobs``) with ``coalesce=True`` and
 ``max_instances=1``, so a scheduler restarted after downtime runs once, not a burst.
-What the jobs do lives in :mod:`newsletter.jobs`.
+What the jobs do lives in :mod:`newsletter.jobs`, their records in :mod:`newsletter.records`.
 
 APScheduler 3 does not coordinate schedulers sharing a job store, so only the
-holder of the database lease (:func:`newsletter.jobs.acquire_lease`) starts one:
+holder of the database lease (:func:`newsletter.records.acquire_lease`) starts one:
 another ``newsletter scheduler`` waits in standby and takes over when the lease
 expires. Jobs are stored by reference (``newsletter.scheduler:fire``) and find the
-running process's :class:`~newsletter.jobs.Runtime` here, because the job store
+running process's :class:`~newsletter.records.Runtime` here, because the job store
 can only hold picklable references, not settings or sessions.
 """
 
@@ -38,7 +38,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from newsletter import jobs
+from newsletter import jobs, records
 from newsletter.config import NewsletterSettings, Settings
 from newsletter.db import transaction
 
@@ -48,7 +48,7 @@ JOB_TABLE = "apscheduler_jobs"
 #: The longest a clock-time deadline ("11:00") can lie after its scheduled run.
 DAY = timedelta(days=1)
 
-_runtime: jobs.Runtime | None = None
+_runtime: records.Runtime | None = None
 _store: Any = None
 
 
@@ -116,7 +116,7 @@ def fire(kind: str, slug: str | None = None) -> None:
         log.warning("job %s fired outside a running scheduler; ignored", kind)
         return
     with transaction(rt.sessions) as session:
-        if not jobs.holds_lease(session, holder=rt.holder, now=rt.clock()):
+        if not records.holds_lease(session, holder=rt.holder, now=rt.clock()):
             log.warning("standby: not running %s %s (the lease is not ours)", kind, slug or "")
             return
     if kind == "build" and slug in rt.settings.newsletters:
@@ -131,7 +131,7 @@ def fire(kind: str, slug: str | None = None) -> None:
         run_due(rt, paused=paused)
 
 
-def run_newsletter_job(rt: jobs.Runtime, *, slug: str) -> None:
+def run_newsletter_job(rt: records.Runtime, *, slug: str) -> None:
     """Run a newsletter's regular job for its latest fire time (within a day past its
     grace window, so a run missed during downtime is recorded as skipped)."""
     newsletter = rt.settings.newsletter(slug)
@@ -156,7 +156,7 @@ def configured_jobs(settings: Settings) -> list[JobSpec]:
     """The jobs config.toml asks for: one per newsletter, and the dispatcher."""
     specs = [
         JobSpec(
-            jobs.newsletter_job_id(slug),
+            records.newsletter_job_id(slug),
             build_trigger(nl),
             ("build", slug),
             int(misfire_grace(nl).total_seconds()),
@@ -166,7 +166,7 @@ def configured_jobs(settings: Settings) -> list[JobSpec]:
     every = settings.scheduler.dispatch_seconds
     specs.append(
         JobSpec(
-            jobs.DISPATCH_JOB, IntervalTrigger(seconds=every, timezone=UTC), ("dispatch",), None
+            records.DISPATCH_JOB, IntervalTrigger(seconds=every, timezone=UTC), ("dispatch",), None
         )
     )
     return specs
@@ -237,7 +237,7 @@ def _record_missed(event: JobExecutionEvent) -> None:
     if rt is None or not event.job_id.startswith("newsletter:"):
         return
     slug = event.job_id.split(":", 1)[1]
-    jobs.record_missed(
+    records.record_missed(
         rt, job_id=event.job_id, newsletter=slug, scheduled_for=event.scheduled_run_time
     )
 
@@ -250,36 +250,38 @@ def paused_jobs(scheduler: Any) -> set[str]:
     return {job.id for job in scheduler.get_jobs(jobstore="default") if job.next_run_time is None}
 
 
-def run_due(rt: jobs.Runtime, *, paused: set[str]) -> None:
+def run_due(rt: records.Runtime, *, paused: set[str]) -> None:
     """Run what is due now: each newsletter's latest fire time within its grace window
     (unless it already ran), then one dispatcher tick. Used by ``--once`` and on
     taking over the lease (it re-runs a run its dead predecessor left unfinished)."""
     for slug in rt.settings.newsletters:
-        if jobs.newsletter_job_id(slug) not in paused:
+        if records.newsletter_job_id(slug) not in paused:
             run_newsletter_job(rt, slug=slug)
-    if jobs.DISPATCH_JOB not in paused:
+    if records.DISPATCH_JOB not in paused:
         jobs.dispatch(rt)
 
 
-def _take_over(rt: jobs.Runtime) -> None:
+def _take_over(rt: records.Runtime) -> None:
     with transaction(rt.sessions) as session:
-        n = jobs.interrupt_orphans(session, holder=rt.holder, now=rt.clock())
+        n = records.interrupt_orphans(session, holder=rt.holder, now=rt.clock())
     if n:
         log.warning("%d job runs of a previous scheduler were interrupted", n)
 
 
-def _try_lease(rt: jobs.Runtime) -> bool:
+def _try_lease(rt: records.Runtime) -> bool:
     cfg = rt.settings.scheduler
     with transaction(rt.sessions) as session:
-        return jobs.acquire_lease(session, holder=rt.holder, ttl=cfg.lease_seconds, now=rt.clock())
+        return records.acquire_lease(
+            session, holder=rt.holder, ttl=cfg.lease_seconds, now=rt.clock()
+        )
 
 
-def _release(rt: jobs.Runtime) -> None:
+def _release(rt: records.Runtime) -> None:
     with transaction(rt.sessions) as session:
-        jobs.release_lease(session, holder=rt.holder)
+        records.release_lease(session, holder=rt.holder)
 
 
-def run_once(rt: jobs.Runtime, engine: Engine) -> bool:
+def run_once(rt: records.Runtime, engine: Engine) -> bool:
     """``scheduler --once``: take the lease, run what is due, release it.
 
     Returns False (and does nothing) when another scheduler holds the lease."""
@@ -300,7 +302,7 @@ def run_once(rt: jobs.Runtime, engine: Engine) -> bool:
     return True
 
 
-def _heartbeat(rt: jobs.Runtime, done: threading.Event) -> None:
+def _heartbeat(rt: records.Runtime, done: threading.Event) -> None:
     """Renew the lease until ``done`` (a long `--once` send must keep it)."""
     while not done.wait(rt.settings.scheduler.heartbeat_seconds):
         if not _renew(rt):
@@ -308,9 +310,9 @@ def _heartbeat(rt: jobs.Runtime, done: threading.Event) -> None:
             return
 
 
-def _log_standby(rt: jobs.Runtime) -> None:
+def _log_standby(rt: records.Runtime) -> None:
     with transaction(rt.sessions) as session:
-        lease = jobs.get_lease(session)
+        lease = records.get_lease(session)
     if lease is not None:
         log.info(
             "standby: %s holds the scheduler lease until %s",
@@ -319,7 +321,7 @@ def _log_standby(rt: jobs.Runtime) -> None:
         )
 
 
-def serve(rt: jobs.Runtime, engine: Engine, *, stop: threading.Event) -> None:
+def serve(rt: records.Runtime, engine: Engine, *, stop: threading.Event) -> None:
     """The daemon: wait for the lease, run the scheduler while holding it, and go back
     to standby if it is lost; returns when ``stop`` is set (SIGTERM, Ctrl-C)."""
     global _runtime
@@ -344,15 +346,15 @@ def serve(rt: jobs.Runtime, engine: Engine, *, stop: threading.Event) -> None:
     log.info("scheduler %s stopped", rt.holder)
 
 
-def _lead(rt: jobs.Runtime, engine: Engine, stop: threading.Event) -> None:
+def _lead(rt: records.Runtime, engine: Engine, stop: threading.Event) -> None:
     global _store
     heartbeat = rt.settings.scheduler.heartbeat_seconds
     store = _JobStore(engine=engine, tablename=JOB_TABLE)
     with open_scheduler(rt.settings, engine, paused=True, store=store) as scheduler:
         scheduler.add_listener(_record_missed, EVENT_JOB_MISSED)
         # The first tick catches up at once, in the worker: this thread keeps the lease.
-        if jobs.DISPATCH_JOB not in paused_jobs(scheduler):
-            scheduler.modify_job(jobs.DISPATCH_JOB, next_run_time=datetime.now(UTC))
+        if records.DISPATCH_JOB not in paused_jobs(scheduler):
+            scheduler.modify_job(records.DISPATCH_JOB, next_run_time=datetime.now(UTC))
         _store = store
         try:
             scheduler.resume()
@@ -370,7 +372,7 @@ def _lead(rt: jobs.Runtime, engine: Engine, stop: threading.Event) -> None:
             _store = None
 
 
-def _renew(rt: jobs.Runtime) -> bool:
+def _renew(rt: records.Runtime) -> bool:
     cfg = rt.settings.scheduler
     with transaction(rt.sessions) as session:
-        return jobs.renew_lease(session, holder=rt.holder, ttl=cfg.lease_seconds, now=rt.clock())
+        return records.renew_lease(session, holder=rt.holder, ttl=cfg.lease_seconds, now=rt.clock())

@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import db, editions, jobs, scheduler
+from newsletter import db, editions, jobs, records, scheduler
 from newsletter.cli import cli
 from newsletter.cli.scheduler import parse_send_time
 from newsletter.config import Settings, load_settings
@@ -122,8 +122,8 @@ def runtime(
     clock: Callable[[], datetime],
     provider: Recording,
     holder: str = "A",
-) -> jobs.Runtime:
-    return jobs.Runtime(
+) -> records.Runtime:
+    return records.Runtime(
         settings=settings,
         sessions=sessions,
         holder=holder,
@@ -275,7 +275,7 @@ def test_job_that_raises_is_recorded_and_the_next_runs(
     clock = Clock(ny(2026, 3, 9, 6, 30, 5))
     with sessions.begin() as db:  # readers, but no stories: building raises
         factories.subscriber(db, "a@example.com")
-        jobs.schedule_send(
+        records.schedule_send(
             db, newsletter="good-news", send_at=clock.now, source="at", issue_date=None
         )
     provider = Recording()
@@ -289,7 +289,7 @@ def test_job_that_raises_is_recorded_and_the_next_runs(
     # The scheduler carries on: stories arrive and the next run sends.
     seed(sessions, clock.now, readers=0)
     with sessions.begin() as db:
-        jobs.schedule_send(db, newsletter=SLUG, send_at=clock.now, source="at")
+        records.schedule_send(db, newsletter=SLUG, send_at=clock.now, source="at")
     clock.advance(minutes=1)
     jobs.dispatch(rt)
     assert provider.copies == Counter({"a@example.com": 1})
@@ -337,7 +337,7 @@ def test_interrupted_run_resumes_and_sends_nobody_twice(
     fresh = Recording()
     rt = runtime(s, sessions, clock, fresh, holder="B")
     with sessions.begin() as db:
-        assert jobs.interrupt_orphans(db, holder="B", now=clock.now) == 1
+        assert records.interrupt_orphans(db, holder="B", now=clock.now) == 1
     scheduler.run_due(rt, paused=set())
     both = dying.copies + fresh.copies
     assert both == Counter({e: 1 for e in emails})  # the lost batch resent, nobody twice
@@ -621,7 +621,7 @@ def test_scheduler_once_runs_what_is_due(tmp_path: Path, db_url: str) -> None:
     assert files == Counter({e: 1 for e in emails})
     with sessions.begin() as s:
         assert s.scalar(select(func.count()).select_from(Delivery)) == 4
-        jobs.acquire_lease(s, holder="the daemon", ttl=60, now=utcnow())
+        records.acquire_lease(s, holder="the daemon", ttl=60, now=utcnow())
     result = CliRunner().invoke(cli, ["--config", str(config), "scheduler", "--once"])
     assert result.exit_code == 0 and "another scheduler holds the lease" in result.output
     engine.dispose()
@@ -662,16 +662,16 @@ def test_bad_schedule_settings_are_refused_at_start(
 def test_lease_has_one_holder_and_expires(sessions: sessionmaker[Session]) -> None:
     t0 = datetime(2026, 3, 9, 12, 0, tzinfo=UTC)
     with sessions.begin() as s:
-        assert jobs.acquire_lease(s, holder="A", ttl=30, now=t0)
-        assert not jobs.acquire_lease(s, holder="B", ttl=30, now=t0 + timedelta(seconds=10))
-        assert jobs.renew_lease(s, holder="A", ttl=30, now=t0 + timedelta(seconds=20))
-        assert not jobs.acquire_lease(s, holder="B", ttl=30, now=t0 + timedelta(seconds=49))
+        assert records.acquire_lease(s, holder="A", ttl=30, now=t0)
+        assert not records.acquire_lease(s, holder="B", ttl=30, now=t0 + timedelta(seconds=10))
+        assert records.renew_lease(s, holder="A", ttl=30, now=t0 + timedelta(seconds=20))
+        assert not records.acquire_lease(s, holder="B", ttl=30, now=t0 + timedelta(seconds=49))
         # A dies: nobody renews; B takes over once the lease has expired.
-        assert jobs.acquire_lease(s, holder="B", ttl=30, now=t0 + timedelta(seconds=51))
-        assert not jobs.renew_lease(s, holder="A", ttl=30, now=t0 + timedelta(seconds=52))
-        assert not jobs.holds_lease(s, holder="A", now=t0 + timedelta(seconds=52))
-        assert jobs.release_lease(s, holder="B")
-        assert jobs.acquire_lease(s, holder="C", ttl=30, now=t0 + timedelta(seconds=53))
+        assert records.acquire_lease(s, holder="B", ttl=30, now=t0 + timedelta(seconds=51))
+        assert not records.renew_lease(s, holder="A", ttl=30, now=t0 + timedelta(seconds=52))
+        assert not records.holds_lease(s, holder="A", now=t0 + timedelta(seconds=52))
+        assert records.release_lease(s, holder="B")
+        assert records.acquire_lease(s, holder="C", ttl=30, now=t0 + timedelta(seconds=53))
 
 
 def _fast(settings: Settings) -> Settings:
@@ -690,7 +690,7 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def _holder(sessions: sessionmaker[Session]) -> str | None:
     with sessions() as s:
-        lease = jobs.get_lease(s)
+        lease = records.get_lease(s)
         return lease.holder if lease else None
 
 
@@ -699,11 +699,11 @@ def test_two_schedulers_only_one_runs_and_the_other_takes_over(
 ) -> None:
     s = _fast(settings)
     with sessions.begin() as db:  # a scheduler that died holding the lease
-        jobs.acquire_lease(db, holder="dead", ttl=2, now=utcnow())
+        records.acquire_lease(db, holder="dead", ttl=2, now=utcnow())
     emails = seed(sessions, utcnow(), readers=3)
     with sessions.begin() as db:
-        jobs.schedule_send(db, newsletter=SLUG, send_at=utcnow(), source="at")
-        jobs.schedule_send(db, newsletter="good-news", send_at=utcnow(), source="at")  # raises
+        records.schedule_send(db, newsletter=SLUG, send_at=utcnow(), source="at")
+        records.schedule_send(db, newsletter="good-news", send_at=utcnow(), source="at")  # raises
     provider = Recording()
     stops = {name: threading.Event() for name in ("B", "C")}
     threads = [

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from newsletter import editions, jobs, scheduler, waves
+from newsletter import editions, records, scheduler, waves
 from newsletter.cli.common import App, emit_rows, format_option, parse_date, pass_app
 from newsletter.errors import InputError, NotFoundError, StateError
 from newsletter.models import JobOutcome, ScheduledSendStatus, utcnow
@@ -19,8 +19,8 @@ from newsletter.models import JobOutcome, ScheduledSendStatus, utcnow
 WAITING = [ScheduledSendStatus.PENDING, ScheduledSendStatus.PAUSED, ScheduledSendStatus.STARTED]
 
 
-def _runtime(app: App) -> jobs.Runtime:
-    return jobs.Runtime(settings=app.settings, sessions=app.sessions)
+def _runtime(app: App) -> records.Runtime:
+    return records.Runtime(settings=app.settings, sessions=app.sessions)
 
 
 @click.command("scheduler")
@@ -77,11 +77,11 @@ def list_(app: App, fmt: str) -> None:
                 }
             )
     with app.transaction() as session:
-        for send in jobs.list_sends(session, statuses=WAITING):
+        for send in records.list_sends(session, statuses=WAITING):
             target = f"edition {send.edition_id}" if send.edition_id else "today's edition"
             rows.append(
                 {
-                    "id": jobs.send_job_id(send.id),
+                    "id": records.send_job_id(send.id),
                     "what": f"send {target} of {send.newsletter}"
                     + (f" at {send.local_time} local" if send.local_time else ""),
                     "next_run": _when(send.send_at),
@@ -120,7 +120,7 @@ def _change(app: App, job_id: str, action: str) -> None:
             "remove": ScheduledSendStatus.CANCELLED,
         }[action]
         with app.transaction() as session:
-            jobs.set_send_status(session, send_id=send_id, status=target)
+            records.set_send_status(session, send_id=send_id, status=target)
         return
     with scheduler.open_scheduler(app.settings, app.engine, paused=True) as sched:
         job = sched.get_job(job_id)
@@ -184,7 +184,7 @@ def history(
 ) -> None:
     """Recorded job runs, newest first: start, end, outcome, counts, reason."""
     with app.transaction() as session:
-        runs = jobs.list_runs(
+        runs = records.list_runs(
             session,
             job_id=job_id,
             newsletter=slug,
@@ -232,7 +232,7 @@ def schedule_at(
         newsletter = settings.newsletter(slug)
         now = utcnow()
         send_at = parse_send_time(at, timezone=newsletter.timezone, now=now)
-        send = jobs.schedule_send(
+        send = records.schedule_send(
             session,
             newsletter=slug,
             send_at=send_at,
@@ -243,7 +243,7 @@ def schedule_at(
         )
         what = f"edition {edition_id}" if edition_id else f"{slug}'s edition of the day"
         click.echo(
-            f"scheduled {jobs.send_job_id(send.id)}: {what} at {_when(send_at)} "
+            f"scheduled {records.send_job_id(send.id)}: {what} at {_when(send_at)} "
             "(the running scheduler, or `newsletter scheduler --once`, sends it)"
         )
 
