@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parent
 
 FULL: list[list[str]] = [
     ["compose_bench.py"],
+    ["pipeline_bench.py"],
     ["import_bench.py"],
     ["send_bench.py", "--processes", "1"],
     ["send_bench.py", "--processes", "2", "--naive", "0"],
@@ -26,6 +27,7 @@ FULL: list[list[str]] = [
 ]
 QUICK: list[list[str]] = [
     ["compose_bench.py", "--runs", "50", "--recipients", "2000"],
+    ["pipeline_bench.py", "--runs", "5"],
     ["import_bench.py", "20000"],
     ["send_bench.py", "--subscribers", "100000", "--naive", "1000"],
     ["smtp_bench.py", "--n", "3000", "--naive-n", "500", "--dkim-n", "300"],
