@@ -245,6 +245,13 @@ def record_outcomes(
     )
     common = {"lease_expires_at": None, "updated_at": now}
     counts = {"sent": len(sent), "failed": len(failed), "retry": len(retry)}
+    sent_values = {
+        "status": DeliveryStatus.SENT.value,
+        "provider": provider,
+        "sent_at": now,
+        "error": None,
+        **common,
+    }
     conn = session.connection()
     if sent and len(sent) == len(claimed) and len({row["b_mid"] for row in sent}) == 1:
         # The whole batch accepted under one message id (SendGrid): one statement.
@@ -256,28 +263,14 @@ def record_outcomes(
                 DELIVERIES.c.batch_id == batch_id,
                 DELIVERIES.c.status == "sending",
             )
-            .values(
-                status=DeliveryStatus.SENT.value,
-                provider=provider,
-                provider_message_id=sent[0]["b_mid"],
-                sent_at=now,
-                error=None,
-                **common,
-            )
+            .values(provider_message_id=sent[0]["b_mid"], **sent_values)
         )
         sent = []
     if sent:
         conn.execute(
             update(DELIVERIES)
             .where(guard)
-            .values(
-                status=DeliveryStatus.SENT.value,
-                provider=provider,
-                provider_message_id=bindparam("b_mid"),
-                sent_at=now,
-                error=None,
-                **common,
-            ),
+            .values(provider_message_id=bindparam("b_mid"), **sent_values),
             sent,
         )
     if failed:

@@ -68,3 +68,18 @@ def story(
     session.add(s)
     session.flush()
     return s
+
+
+class FakeClock:
+    """A clock that moves only when the sender sleeps."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+        self.slept = 0.0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.now += timedelta(seconds=seconds)

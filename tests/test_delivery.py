@@ -6,7 +6,7 @@ import email
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -31,6 +31,7 @@ from newsletter.providers.base import Outcome, PreparedEdition, Recipient
 from newsletter.providers.outbox import OutboxProvider
 from newsletter.sender import RateLimiter
 from tests import factories
+from tests.factories import FakeClock
 
 
 def _edition(sessions: sessionmaker[Session], settings: Settings, readers: int = 5) -> int:
@@ -51,21 +52,6 @@ def _parse(path: Path) -> EmailMessage:
     msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
     assert isinstance(msg, EmailMessage)
     return msg
-
-
-class FakeClock:
-    """A clock that moves only when the sender sleeps."""
-
-    def __init__(self) -> None:
-        self.now = utcnow()
-        self.slept = 0.0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept += seconds
-        self.now += timedelta(seconds=seconds)
 
 
 class Recording:

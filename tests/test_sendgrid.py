@@ -11,7 +11,7 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from newsletter.providers.base import PreparedEdition, Recipient
 from newsletter.providers.sendgrid import SendGridProvider
 from newsletter.providers.sendgrid_request import build_request, retry_after
 from tests import factories
+from tests.factories import FakeClock
 from tests.sendgrid_server import SendGridServer
 
 NAMES = [
@@ -41,21 +42,6 @@ NAMES = [
     "李雷",
     "Smith, John",
 ]
-
-
-class FakeClock:
-    """A clock that moves only when the sender sleeps."""
-
-    def __init__(self) -> None:
-        self.now = utcnow()
-        self.slept = 0.0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept += seconds
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import editions, messages, sender
 from newsletter.config import Settings
 from newsletter.errors import ProviderConfigError, ProviderError
-from newsletter.models import Delivery, DeliveryStatus, EditionStatus, utcnow
+from newsletter.models import Delivery, DeliveryStatus, EditionStatus
 from newsletter.providers.base import Outcome, PreparedEdition, Recipient
 from newsletter.providers.mime_template import DKIMSigner, MessageTemplate
 from newsletter.providers.smtp import SMTPProvider, delivery_id_from_verp, verp_address
@@ -43,6 +43,7 @@ from newsletter.render import (
 )
 from tests import factories
 from tests.conftest import ROOT
+from tests.factories import FakeClock
 from tests.smtp_servers import (
     LocalSMTP,
     Recorder,
@@ -69,19 +70,6 @@ HOSTILE_NAMES = [
 REQUIRED_SIGNED = {
     "from", "to", "subject", "date", "message-id", "list-unsubscribe", "list-unsubscribe-post",
 }  # fmt: skip
-
-
-class FakeClock:
-    """A clock that moves only when the sender sleeps."""
-
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Capturing(SMTPProvider):
