@@ -28,6 +28,7 @@ from newsletter.config import Settings
 from newsletter.db import transaction
 from newsletter.errors import ProviderConfigError, StateError
 from newsletter.models import DeliveryStatus, Edition, EditionStatus, transition_edition, utcnow
+from newsletter.pacing import Failover, RateLimiter
 from newsletter.providers.base import Outcome, PreparedEdition, Provider, Recipient
 
 log = logging.getLogger(__name__)
@@ -196,51 +197,6 @@ def _finish_if_done(session: Session, edition_id: int, now: datetime) -> bool:
         transition_edition(edition, EditionStatus.SENT)
         edition.send_finished_at = now
     return True
-
-
-class RateLimiter:
-    """Spaces batches so a provider gets at most ``rate`` messages per second overall."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.clock = rate, clock
-        self.next_free = clock()
-        self.lock = threading.Lock()
-
-    def delay_for(self, messages: int) -> float:
-        """Reserve ``messages`` slots; returns how long the caller must wait first."""
-        with self.lock:
-            now = self.clock()
-            start = max(now, self.next_free)
-            self.next_free = start + messages / self.rate
-            return start - now
-
-
-class Failover:
-    """The provider in use: the primary until it fails transiently too often in a row."""
-
-    def __init__(self, primary: Provider, secondary: Provider | None, threshold: int) -> None:
-        self.primary, self.secondary, self.threshold = primary, secondary, threshold
-        self.current = primary
-        self.failures = 0
-        self.lock = threading.Lock()
-
-    def record(self, provider: Provider, outcomes: list[Outcome]) -> None:
-        """Count a batch that was wholly transient failures; switch at the threshold."""
-        with self.lock:
-            if provider is not self.current:
-                return
-            if outcomes and all(o.status == "retry" for o in outcomes):
-                self.failures += 1
-            else:
-                self.failures = 0
-            if self.secondary and self.current is self.primary and self.failures >= self.threshold:
-                log.warning(
-                    "%s failed %d batches in a row: failing over to %s",
-                    self.primary.name,
-                    self.failures,
-                    self.secondary.name,
-                )
-                self.current, self.failures = self.secondary, 0
 
 
 @dataclass

@@ -27,9 +27,9 @@ from newsletter.models import (
     SuppressionReason,
     utcnow,
 )
+from newsletter.pacing import RateLimiter
 from newsletter.providers.base import Outcome, PreparedEdition, Recipient
 from newsletter.providers.outbox import OutboxProvider
-from newsletter.sender import RateLimiter
 from tests import factories
 from tests.factories import FakeClock
 
