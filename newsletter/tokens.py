@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from base64 import urlsafe_b64encode
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -55,6 +56,13 @@ class _Signer(Signer):
 
     def get_signature(self, value: str | bytes) -> bytes:
         return base64_encode(hmac.digest(self._key, want_bytes(value), "sha256"))
+
+    def sign(self, value: str | bytes) -> bytes:
+        # Signer.sign's own output (value + "." + unpadded urlsafe base64 of the
+        # HMAC), in one step: it runs once per recipient of a send.
+        raw = want_bytes(value)
+        mac = urlsafe_b64encode(hmac.digest(self._key, raw, "sha256")).rstrip(b"=")
+        return raw + self.sep + mac
 
 
 @cache
