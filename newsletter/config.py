@@ -127,6 +127,7 @@ class DeliverySettings(_Section):
     provider: Literal["outbox", "sendgrid", "smtp"] = "outbox"
     secondary_provider: Literal["outbox", "sendgrid", "smtp"] | None = None
     failover_after: int = Field(default=5, ge=1)
+    stop_after_failed_batches: int = Field(default=3, ge=1)
     outbox_dir: str = "var/outbox"
     batch_size: int = Field(default=1000, ge=1, le=1000)
     lease_seconds: int = Field(default=300, ge=1)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from newsletter.errors import ProviderError
 from newsletter.providers.base import Outcome, Provider
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,41 @@ class RateLimiter:
             start = max(now, self.next_free)
             self.next_free = start + messages / self.rate
             return start - now
+
+
+class FailureGuard:
+    """Stops a send whose batches keep failing outright for the same reason.
+
+    When every recipient of ``limit`` batches in a row is failed permanently with
+    one identical reason, the fault is in the shared part of the message or the
+    account (a bad From address, a relay refusing everyone), not in the
+    recipients: failing the rest of the audience one batch at a time would only
+    make more work for the operator.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reason: str | None = None
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def check(self, outcomes: list[Outcome]) -> None:
+        """Count this batch; ProviderError once ``limit`` batches failed alike."""
+        reasons = {o.error for o in outcomes if o.status == "failed"}
+        all_failed = bool(outcomes) and all(o.status == "failed" for o in outcomes)
+        with self.lock:
+            if all_failed and len(reasons) == 1:
+                reason = reasons.pop()
+                self.count = self.count + 1 if reason == self.reason else 1
+                self.reason = reason
+            else:
+                self.count, self.reason = 0, None
+            if self.count >= self.limit:
+                raise ProviderError(
+                    f"stopped: every recipient of the last {self.count} batches failed with "
+                    f"{self.reason!r}; fix the cause, then `newsletter deliveries requeue "
+                    "--status failed` and send again"
+                )
 
 
 class Failover:

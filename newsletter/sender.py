@@ -28,7 +28,7 @@ from newsletter.config import Settings
 from newsletter.db import transaction
 from newsletter.errors import ProviderConfigError, StateError
 from newsletter.models import DeliveryStatus, Edition, EditionStatus, transition_edition, utcnow
-from newsletter.pacing import Failover, RateLimiter
+from newsletter.pacing import Failover, FailureGuard, RateLimiter
 from newsletter.providers.base import Outcome, PreparedEdition, Provider, Recipient
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,7 @@ class _Run:
     total: int
     report: SendReport
     stop: threading.Event
+    guard: FailureGuard
     resend: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     error: BaseException | None = None
@@ -288,6 +289,7 @@ class _Run:
             self.report.retried += counts["retry"]
             if self.progress:
                 self.progress(counts["sent"] + counts["failed"], self.total)
+        self.guard.check(outcomes)  # after recording: what failed stays on the log
         return True
 
 
@@ -310,7 +312,9 @@ def send_edition(
     without, it sends what is due now and returns. ``delivery.concurrency`` sender
     threads share the work; ``delivery.rate_per_second`` throttles them; after
     ``delivery.failover_after`` wholly-transient failed batches in a row the rest
-    goes through ``secondary``. Raises StateError for a paused/cancelled edition,
+    goes through ``secondary``; ``delivery.stop_after_failed_batches`` batches in a row
+    failed outright for one reason stop the send (ProviderError). Raises StateError
+    for a paused/cancelled edition,
     RenderError/CheckFailed when the content fails its checks, ProviderConfigError
     when a provider cannot send.
     """
@@ -348,6 +352,7 @@ def send_edition(
             total=total,
             report=report,
             stop=stop,
+            guard=FailureGuard(delivery.stop_after_failed_batches),
             resend=_resend_uncertain(settings, provider),
         )
         helpers = _start_helper_processes(settings, edition_id, wait=wait)

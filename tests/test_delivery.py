@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import editions, outbox, sender
 from newsletter.config import Settings
-from newsletter.errors import ProviderConfigError, StateError
+from newsletter.errors import ProviderConfigError, ProviderError, StateError
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -411,3 +411,22 @@ def _content(
         content = editions.frozen_content(edition)
         assert content is not None
         return edition, content
+
+
+def test_a_send_failing_everyone_for_one_reason_stops(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    eid = _edition(sessions, settings, readers=10)
+    with pytest.raises(ProviderError, match="last 3 batches failed with 'fail'"):
+        sender.send_edition(
+            sessions, settings=settings, edition_id=eid, provider=Recording(default="fail")
+        )
+    with sessions() as s:
+        counts = outbox.stats(s, edition_id=eid)
+    assert counts[DeliveryStatus.FAILED] == 6 and counts[DeliveryStatus.QUEUED] == 4
+    with sessions.begin() as s:
+        assert (
+            outbox.requeue(s, edition_id=eid, statuses=[DeliveryStatus.FAILED], now=utcnow()) == 6
+        )
+    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
+    assert report.counts[DeliveryStatus.SENT] == 10
