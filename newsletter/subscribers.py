@@ -25,8 +25,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import available_timezones
 
@@ -52,9 +51,6 @@ from newsletter.models import (
 )
 from newsletter.suppression import add_entry, find_entry, refuse_suppressed
 from newsletter.tokens import read_token
-
-if TYPE_CHECKING:
-    from newsletter.subscriber_import import ImportReport
 
 FORGOTTEN = "forgotten"
 NAME_MAX = 200  # Subscriber.name is String(200); PostgreSQL would refuse longer.
@@ -454,20 +450,3 @@ def _export_row(group: dict[str, Any]) -> dict[str, str]:
         "newsletters": ";".join(slugs),
         "status": statuses[0] if len(set(statuses)) == 1 else ";".join(statuses),
     }
-
-
-def import_csv(
-    session: Session,
-    *,
-    path: Path,
-    settings: Settings,
-    newsletters: Sequence[str] = (),
-    status: SubscriptionStatus = SubscriptionStatus.PENDING,
-    source: str = "import",
-) -> ImportReport:
-    """Import subscribers from a CSV file; see :func:`newsletter.subscriber_import.import_csv`."""
-    from newsletter.subscriber_import import import_csv as _import_csv
-
-    return _import_csv(
-        session, path=path, settings=settings, newsletters=newsletters, status=status, source=source
-    )
