@@ -18,8 +18,8 @@ from pathlib import Path
 
 from mjml import mjml2html
 
-from newsletter import render
-from newsletter.render import (
+from newsletter.content import render
+from newsletter.content.render import (
     Brand,
     EditionView,
     Personaliser,

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from newsletter import db
+from newsletter.audience.imports import ImportReport, import_csv
 from newsletter.config import NewsletterSettings, Settings
 from newsletter.models import SubscriptionStatus
-from newsletter.subscriber_import import ImportReport, import_csv
 
 FIRST = ["Amara", "Benoît", "Chen", "Diego", "Eilidh", "Farah", "Göran", "Hana", "Inês", "Søren"]
 LAST = ["Okafor", "Lefèvre", "Jing", "Hernández", "MacLeod", "Haddad", "Petrović", "Suzuki"]

@@ -30,8 +30,10 @@ from sqlalchemy import func, insert, select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from newsletter import db, editions, messages, sender  # noqa: E402
+from newsletter import db, sender  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
+from newsletter.content import editions  # noqa: E402
+from newsletter.delivery import messages  # noqa: E402
 from newsletter.models import (  # noqa: E402
     Delivery,
     DeliveryStatus,

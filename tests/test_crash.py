@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from newsletter import db, editions
+from newsletter import db
 from newsletter.config import load_settings
+from newsletter.content import editions
 from newsletter.models import Delivery, DeliveryStatus
 from tests import factories
 from tests.conftest import write_config

@@ -15,8 +15,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import editions, outbox, sender
 from newsletter.config import Settings
+from newsletter.content import editions
+from newsletter.delivery import ledger, sender
+from newsletter.delivery.pacing import RateLimiter
+from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
+from newsletter.delivery.providers.files import OutboxProvider
 from newsletter.errors import ProviderConfigError, ProviderError, StateError
 from newsletter.models import (
     Delivery,
@@ -27,9 +31,6 @@ from newsletter.models import (
     SuppressionReason,
     utcnow,
 )
-from newsletter.pacing import RateLimiter
-from newsletter.providers.base import Outcome, PreparedEdition, Recipient
-from newsletter.providers.outbox import OutboxProvider
 from tests import factories
 from tests.factories import FakeClock
 
@@ -109,13 +110,13 @@ def test_freeze_audience_only_confirmed_and_not_suppressed(
         )
         factories.story(s)
         edition, _ = editions.build_edition(s, settings=settings, slug="daily-briefing")
-        assert outbox.audience_count(s, slug="daily-briefing") == 1
+        assert ledger.audience_count(s, slug="daily-briefing") == 1
         assert (
-            outbox.freeze_audience(s, edition_id=edition.id, slug="daily-briefing", now=utcnow())
+            ledger.freeze_audience(s, edition_id=edition.id, slug="daily-briefing", now=utcnow())
             == 1
         )
         assert (
-            outbox.freeze_audience(s, edition_id=edition.id, slug="daily-briefing", now=utcnow())
+            ledger.freeze_audience(s, edition_id=edition.id, slug="daily-briefing", now=utcnow())
             == 0
         )
         emails = s.scalars(select(Delivery.email)).all()
@@ -216,7 +217,7 @@ def test_provider_config_error_releases_the_batch(
             sessions, settings=settings, edition_id=eid, provider=Recording(["config"])
         )
     with sessions() as s:
-        assert outbox.stats(s, edition_id=eid)[DeliveryStatus.QUEUED] == 3
+        assert ledger.stats(s, edition_id=eid)[DeliveryStatus.QUEUED] == 3
         assert s.scalar(select(func.max(Delivery.attempts))) == 0
     report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
     assert report.counts[DeliveryStatus.SENT] == 3
@@ -234,7 +235,7 @@ def test_expired_batch_becomes_uncertain(
     with sessions.begin() as s:
         sender.start_send(s, settings=settings, edition_id=eid, now=long_ago)
         # a sender claimed a batch, handed it to the provider, and died
-        _, claimed = outbox.claim_batch(s, edition_id=eid, limit=2, lease_seconds=60, now=long_ago)
+        _, claimed = ledger.claim_batch(s, edition_id=eid, limit=2, lease_seconds=60, now=long_ago)
     assert len(claimed) == 2
     provider = Recording()
     report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
@@ -283,7 +284,7 @@ def test_two_claimers_never_share_a_row(
     seen: list[int] = []
     for _ in range(6):
         with sessions.begin() as s:
-            _, claimed = outbox.claim_batch(
+            _, claimed = ledger.claim_batch(
                 s, edition_id=eid, limit=3, lease_seconds=60, now=utcnow()
             )
             seen += [c.id for c in claimed]
@@ -344,7 +345,7 @@ def test_rate_limiter_spaces_batches() -> None:
 def test_leaving_mid_send_cancels_what_was_not_yet_sent(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:
-    from newsletter import subscribers, suppression
+    from newsletter.audience import subscribers, suppression
 
     eid = _edition(sessions, settings, readers=3)
     with sessions.begin() as s:
@@ -381,7 +382,7 @@ def test_idempotent_provider_resends_an_uncertain_batch_exactly_once(
     long_ago = utcnow() - timedelta(hours=1)
     with sessions.begin() as s:
         sender.start_send(s, settings=settings, edition_id=eid, now=long_ago)
-        _, claimed = outbox.claim_batch(s, edition_id=eid, limit=2, lease_seconds=60, now=long_ago)
+        _, claimed = ledger.claim_batch(s, edition_id=eid, limit=2, lease_seconds=60, now=long_ago)
     # the dead sender had written these two files before it could record them
     prepared = sender.prepare(settings, *_content(sessions, settings, eid))
     provider.send_batch(
@@ -422,11 +423,11 @@ def test_a_send_failing_everyone_for_one_reason_stops(
             sessions, settings=settings, edition_id=eid, provider=Recording(default="fail")
         )
     with sessions() as s:
-        counts = outbox.stats(s, edition_id=eid)
+        counts = ledger.stats(s, edition_id=eid)
     assert counts[DeliveryStatus.FAILED] == 6 and counts[DeliveryStatus.QUEUED] == 4
     with sessions.begin() as s:
         assert (
-            outbox.requeue(s, edition_id=eid, statuses=[DeliveryStatus.FAILED], now=utcnow()) == 6
+            ledger.requeue(s, edition_id=eid, statuses=[DeliveryStatus.FAILED], now=utcnow()) == 6
         )
     report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
     assert report.counts[DeliveryStatus.SENT] == 10

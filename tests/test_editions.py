@@ -7,8 +7,9 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import editions, sender
 from newsletter.config import Settings
+from newsletter.content import editions
+from newsletter.delivery import sender
 from newsletter.errors import CheckFailed, NoStoriesError, StateError
 from newsletter.models import EditionStatus, utcnow
 from tests import factories

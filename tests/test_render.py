@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import SenderSettings, ServiceSettings, Settings, SiteSettings
-from newsletter.errors import CheckFailed, RenderError
-from newsletter.render import (
+from newsletter.content.render import (
     MAX_HTML_BYTES,
     NAME,
     PLACEHOLDERS,
@@ -39,6 +38,7 @@ from newsletter.render import (
     render_mjml_source,
     substitution_values,
 )
+from newsletter.errors import CheckFailed, RenderError
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"

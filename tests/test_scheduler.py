@@ -29,10 +29,12 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import db, editions, jobs, records, scheduler
+from newsletter import db
 from newsletter.cli import cli
 from newsletter.cli.scheduler import parse_send_time
 from newsletter.config import Settings, load_settings
+from newsletter.content import editions
+from newsletter.delivery.providers.base import Outcome, PreparedEdition, Provider, Recipient
 from newsletter.errors import ConfigError, InputError
 from newsletter.models import (
     Delivery,
@@ -48,7 +50,7 @@ from newsletter.models import (
     SubscriptionStatus,
     utcnow,
 )
-from newsletter.providers.base import Outcome, PreparedEdition, Provider, Recipient
+from newsletter.schedule import jobs, records, scheduler
 from tests import factories
 from tests.conftest import CliRun, write_config
 

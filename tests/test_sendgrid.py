@@ -20,15 +20,16 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import editions, outbox, sender
 from newsletter.config import Settings, load_settings
+from newsletter.content import editions
+from newsletter.delivery import ledger, sender
+from newsletter.delivery.messages import ONE_CLICK, list_unsubscribe
+from newsletter.delivery.providers import make_provider
+from newsletter.delivery.providers.base import PreparedEdition, Recipient
+from newsletter.delivery.providers.sendgrid import SendGridProvider
+from newsletter.delivery.providers.sendgrid_request import build_request, retry_after
 from newsletter.errors import ProviderConfigError
-from newsletter.messages import ONE_CLICK, list_unsubscribe
 from newsletter.models import Delivery, DeliveryStatus, utcnow
-from newsletter.providers import make_provider
-from newsletter.providers.base import PreparedEdition, Recipient
-from newsletter.providers.sendgrid import SendGridProvider
-from newsletter.providers.sendgrid_request import build_request, retry_after
 from tests import factories
 from tests.factories import FakeClock
 from tests.sendgrid_server import SendGridServer
@@ -541,7 +542,7 @@ def test_provider_is_safe_from_many_threads(
     assert sorted(map(len, results)) == [3, 3, 3, 3] and {s for r in results for s in r} == {"sent"}
     assert server.stats()["by_delivery"] == {str(r.delivery_id): 1 for r in recipients}
     with sessions() as s:
-        assert outbox.stats(s, edition_id=eid)[DeliveryStatus.QUEUED] == 12  # ledger untouched
+        assert ledger.stats(s, edition_id=eid)[DeliveryStatus.QUEUED] == 12  # ledger untouched
 
 
 # ----- the recording server as a process (benchmarks, crash tests) -------------------------

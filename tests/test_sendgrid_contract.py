@@ -23,11 +23,12 @@ import pytest
 import sendgrid
 from python_http_client.exceptions import HTTPError
 
-from newsletter import render, sender
 from newsletter.config import Settings
-from newsletter.providers.base import PreparedEdition, Recipient
-from newsletter.providers.sendgrid import SendGridProvider
-from newsletter.providers.sendgrid_request import validate_request
+from newsletter.content import render
+from newsletter.delivery import sender
+from newsletter.delivery.providers.base import PreparedEdition, Recipient
+from newsletter.delivery.providers.sendgrid import SendGridProvider
+from newsletter.delivery.providers.sendgrid_request import validate_request
 from tests.conftest import ROOT, SHARED
 
 PRISM = ROOT / ".prism" / "node_modules" / ".bin" / "prism"

@@ -26,14 +26,9 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import editions, messages, sender
 from newsletter.config import Settings
-from newsletter.errors import ProviderConfigError, ProviderError
-from newsletter.models import Delivery, DeliveryStatus, EditionStatus
-from newsletter.providers.base import Outcome, PreparedEdition, Recipient
-from newsletter.providers.mime_template import DKIMSigner, MessageTemplate
-from newsletter.providers.smtp import SMTPProvider, delivery_id_from_verp, verp_address
-from newsletter.render import (
+from newsletter.content import editions
+from newsletter.content.render import (
     Brand,
     EditionView,
     Personaliser,
@@ -41,6 +36,12 @@ from newsletter.render import (
     StoryView,
     render_edition,
 )
+from newsletter.delivery import messages, sender
+from newsletter.delivery.mime import DKIMSigner, MessageTemplate
+from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
+from newsletter.delivery.providers.smtp import SMTPProvider, delivery_id_from_verp, verp_address
+from newsletter.errors import ProviderConfigError, ProviderError
+from newsletter.models import Delivery, DeliveryStatus, EditionStatus
 from tests import factories
 from tests.conftest import ROOT
 from tests.factories import FakeClock

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import render, special
 from newsletter.config import Settings
+from newsletter.content import render, special
 from newsletter.errors import CheckFailed, InputError, RenderError
 from newsletter.models import Edition, EditionKind
 from tests import factories

@@ -19,10 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings, load_settings
-from newsletter.errors import InputError, NotFoundError
-from newsletter.models import Story, StoryOrigin
-from newsletter.sanitise import SUMMARY_TAGS
-from newsletter.stories import (
+from newsletter.content.sanitise import SUMMARY_TAGS
+from newsletter.content.stories import (
     add_story,
     canonical_url,
     clean_summary,
@@ -34,6 +32,8 @@ from newsletter.stories import (
     summary_text,
     unhide_story,
 )
+from newsletter.errors import InputError, NotFoundError
+from newsletter.models import Story, StoryOrigin
 from tests.conftest import FIXTURES, ROOT, SHARED, CliRun, write_config
 
 CORPUS = SHARED / "feeds-corpus"

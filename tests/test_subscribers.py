@@ -18,9 +18,10 @@ import pytest
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
-from newsletter import subscriber_import
-from newsletter import subscribers as svc
-from newsletter import suppression as sup
+from newsletter.audience import imports
+from newsletter.audience import subscribers as svc
+from newsletter.audience import suppression as sup
+from newsletter.audience.imports import ImportReport
 from newsletter.config import Settings
 from newsletter.errors import CSVImportError, InputError, NotFoundError, StateError
 from newsletter.models import (
@@ -35,7 +36,6 @@ from newsletter.models import (
     Suppression,
     SuppressionReason,
 )
-from newsletter.subscriber_import import ImportReport
 from newsletter.tokens import make_token
 from tests.conftest import ROOT, CliRun
 
@@ -52,7 +52,7 @@ FORMULA_NAMES = [
 
 
 def import_file(session: Session, settings: Settings, path: Path, **kw: Any) -> ImportReport:
-    report = subscriber_import.import_csv(session, path=path, settings=settings, **kw)
+    report = imports.import_csv(session, path=path, settings=settings, **kw)
     session.commit()
     return report
 
@@ -286,7 +286,7 @@ def test_unreadable_files_are_refused_whole(
     session: Session, settings: Settings, name: str, message: str
 ) -> None:
     with pytest.raises(CSVImportError, match=re.escape(message)):
-        subscriber_import.import_csv(session, path=CSV_DIR / name, settings=settings)
+        imports.import_csv(session, path=CSV_DIR / name, settings=settings)
     assert session.scalar(select(func.count()).select_from(Subscriber)) == 0
 
 
@@ -296,9 +296,9 @@ def test_file_without_newsletters_column_needs_a_newsletter(
     path = tmp_path / "plain.csv"
     path.write_text("email\na@example.com\n")
     with pytest.raises(CSVImportError, match="--newsletter"):
-        subscriber_import.import_csv(session, path=path, settings=settings)
+        imports.import_csv(session, path=path, settings=settings)
     with pytest.raises(NotFoundError, match="unknown newsletter 'nope'"):
-        subscriber_import.import_csv(session, path=path, settings=settings, newsletters=["nope"])
+        imports.import_csv(session, path=path, settings=settings, newsletters=["nope"])
     report = import_file(session, settings, path, newsletters=["good-news"])
     assert report.added_subscriptions == 1
 

@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import editions, sender, waves
 from newsletter.config import Settings
+from newsletter.content import editions
+from newsletter.delivery import sender
 from newsletter.models import Delivery, DeliveryStatus
+from newsletter.schedule import waves
 from tests import factories
 
 NY = ZoneInfo("America/New_York")

@@ -6,9 +6,9 @@ import json
 
 import click
 
-from newsletter import outbox
-from newsletter.addresses import normalise_email
+from newsletter.audience.addresses import normalise_email
 from newsletter.cli.common import App, emit_rows, format_option, pass_app
+from newsletter.delivery import ledger
 from newsletter.models import DeliveryStatus, utcnow
 
 STATUS = click.Choice([s.value for s in DeliveryStatus])
@@ -43,7 +43,7 @@ def list_(
                 "sent_at": d.sent_at,
                 "error": d.error,
             }
-            for d in outbox.list_deliveries(
+            for d in ledger.list_deliveries(
                 session,
                 edition_id=edition_id,
                 status=DeliveryStatus(status) if status else None,
@@ -75,7 +75,7 @@ def list_(
 def stats(app: App, edition_id: int | None, fmt: str) -> None:
     """Counts per delivery status."""
     with app.transaction() as session:
-        counts = outbox.stats(session, edition_id=edition_id)
+        counts = ledger.stats(session, edition_id=edition_id)
     if fmt == "json":
         click.echo(
             json.dumps({s.value: n for s, n in counts.items()} | {"total": sum(counts.values())})
@@ -98,7 +98,7 @@ def stats(app: App, edition_id: int | None, fmt: str) -> None:
 def requeue(app: App, edition_id: int, status: str) -> None:
     """Queue uncertain or failed deliveries again (then run `send --edition`)."""
     with app.transaction() as session:
-        n = outbox.requeue(
+        n = ledger.requeue(
             session, edition_id=edition_id, statuses=[DeliveryStatus(status)], now=utcnow()
         )
     click.echo(f"{n} {status} deliveries of edition {edition_id} queued again")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from newsletter import editions, render
 from newsletter.cli.common import App, emit_rows, format_option, parse_date, pass_app
+from newsletter.content import editions, render
 from newsletter.errors import CheckFailed
 
 
@@ -190,7 +190,7 @@ def release(app: App, edition_id: int) -> None:
 @pass_app
 def from_file(app: App, path: Path, slug: str, subject: str) -> None:
     """Create a special edition (breaking news) from a Markdown or MJML file."""
-    from newsletter import special
+    from newsletter.content import special
 
     with app.transaction() as session:
         edition = special.create_special_edition(

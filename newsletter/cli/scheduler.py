@@ -11,10 +11,11 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from newsletter import editions, records, scheduler, waves
 from newsletter.cli.common import App, emit_rows, format_option, parse_date, pass_app
+from newsletter.content import editions
 from newsletter.errors import InputError, NotFoundError, StateError
 from newsletter.models import JobOutcome, ScheduledSendStatus, utcnow
+from newsletter.schedule import records, scheduler, waves
 
 WAITING = [ScheduledSendStatus.PENDING, ScheduledSendStatus.PAUSED, ScheduledSendStatus.STARTED]
 

@@ -11,12 +11,14 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from newsletter import editions, outbox, pipeline, render, sender
+from newsletter.audience.subscribers import normalise_email
 from newsletter.cli.common import App, emit_rows, parse_date, pass_app
+from newsletter.content import editions, render
+from newsletter.delivery import ledger, sender
+from newsletter.delivery.providers import open_providers
 from newsletter.errors import InputError
 from newsletter.models import DeliveryStatus, Edition
-from newsletter.providers import open_providers
-from newsletter.subscribers import normalise_email
+from newsletter.schedule import pipeline
 
 log = logging.getLogger("newsletter.send")
 
@@ -180,8 +182,8 @@ def _report_dry_run(app: App, edition: Edition) -> None:
     content = editions.frozen_content(edition) or editions.render_edition(edition, app.settings)
     problems = render.check_rendered(content)
     with app.transaction() as session:
-        frozen = sum(outbox.stats(session, edition_id=edition.id).values())
-        audience = frozen or outbox.audience_count(session, slug=edition.newsletter)
+        frozen = sum(ledger.stats(session, edition_id=edition.id).values())
+        audience = frozen or ledger.audience_count(session, slug=edition.newsletter)
     click.echo(f"dry run: edition {edition.id} of {edition.newsletter} for {edition.issue_date}")
     click.echo(f"subject: {content.subject}")
     click.echo(

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from newsletter import stories
 from newsletter.cli.common import App, emit_rows, format_option, pass_app
 from newsletter.config import Settings
+from newsletter.content import stories
+from newsletter.content.stories import FetchReport
 from newsletter.errors import FeedError, InputError
-from newsletter.stories import FetchReport
 
 DEFAULT_NEWSLETTER = "daily-briefing"
 TABLE_COLUMNS = ("id", "newsletter", "kicker", "title", "source", "pinned", "hidden")

@@ -18,8 +18,8 @@ from typing import TextIO
 
 import click
 
-from newsletter import subscriber_import, suppression
-from newsletter import subscribers as svc
+from newsletter.audience import imports, suppression
+from newsletter.audience import subscribers as svc
 from newsletter.cli.common import App, Group, emit_rows, format_option, pass_app, safe_cell
 from newsletter.config import Settings
 from newsletter.errors import InputError
@@ -126,7 +126,7 @@ def import_(app: App, file: Path, newsletters: tuple[str, ...], status: str) -> 
     """
     settings = app.settings
     with app.transaction() as session:
-        report = subscriber_import.import_csv(
+        report = imports.import_csv(
             session,
             path=file,
             settings=settings,

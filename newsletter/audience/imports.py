@@ -39,7 +39,9 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from newsletter.addresses import email_problem
+from newsletter.audience.addresses import email_problem
+from newsletter.audience.subscribers import clean_name, normalise_timezone
+from newsletter.audience.suppression import email_hash
 from newsletter.config import Settings
 from newsletter.errors import CSVImportError, InputError, StateError
 from newsletter.models import (
@@ -52,8 +54,6 @@ from newsletter.models import (
     transition_subscription,
     utcnow,
 )
-from newsletter.subscribers import clean_name, normalise_timezone
-from newsletter.suppression import email_hash
 
 CHUNK = 500  # parameters per IN (...): well under SQLite's and PostgreSQL's limits
 INSERT_CHUNK = 5000

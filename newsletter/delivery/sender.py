@@ -2,7 +2,7 @@
 
 Each batch is claimed and committed before the provider sees it, and its outcome
 is committed right after, so the ledger always says who was sent what; see
-outbox.py for the states. The CLI, the scheduler and tests all call
+ledger.py for the states. The CLI, the scheduler and tests all call
 :func:`send_edition`.
 """
 
@@ -23,13 +23,15 @@ from types import FrameType
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import editions, outbox, render, tokens
+from newsletter import tokens
 from newsletter.config import Settings
+from newsletter.content import editions, render
 from newsletter.db import transaction
+from newsletter.delivery import ledger
+from newsletter.delivery.pacing import Failover, FailureGuard, RateLimiter
+from newsletter.delivery.providers.base import Outcome, PreparedEdition, Provider, Recipient
 from newsletter.errors import ProviderConfigError, StateError
 from newsletter.models import DeliveryStatus, Edition, EditionStatus, transition_edition, utcnow
-from newsletter.pacing import Failover, FailureGuard, RateLimiter
-from newsletter.providers.base import Outcome, PreparedEdition, Provider, Recipient
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class SendReport:
 
     @property
     def complete(self) -> bool:
-        return not any(self.counts.get(s, 0) for s in outbox.OPEN)
+        return not any(self.counts.get(s, 0) for s in ledger.OPEN)
 
 
 def prepare(
@@ -170,19 +172,19 @@ def start_send(
     content = editions.freeze_content(session, edition=edition, settings=settings)
     queued = 0
     if edition.send_started_at is None:
-        queued = outbox.freeze_audience(
+        queued = ledger.freeze_audience(
             session, edition_id=edition.id, slug=edition.newsletter, now=now
         )
         edition.send_started_at = now
         log.info("edition %s: audience frozen, %d deliveries queued", edition.id, queued)
-    recovered = outbox.recover_expired(
+    recovered = ledger.recover_expired(
         session,
         edition_id=edition.id,
         now=now,
         resend=_resend_uncertain(settings) if resend_uncertain is None else resend_uncertain,
     )
-    counts = outbox.stats(session, edition_id=edition.id)
-    has_open = any(counts[s] for s in outbox.OPEN)
+    counts = ledger.stats(session, edition_id=edition.id)
+    has_open = any(counts[s] for s in ledger.OPEN)
     if edition.status is EditionStatus.BUILT or (edition.status is EditionStatus.SENT and has_open):
         transition_edition(edition, EditionStatus.SENDING)
     return edition, content, queued, recovered
@@ -190,8 +192,8 @@ def start_send(
 
 def _finish_if_done(session: Session, edition_id: int, now: datetime) -> bool:
     edition = editions.get_edition(session, edition_id, for_update=True)
-    counts = outbox.stats(session, edition_id=edition_id)
-    if any(counts[s] for s in outbox.OPEN):
+    counts = ledger.stats(session, edition_id=edition_id)
+    if any(counts[s] for s in ledger.OPEN):
         return False
     if edition.status is EditionStatus.SENDING:
         transition_edition(edition, EditionStatus.SENT)
@@ -239,7 +241,7 @@ class _Run:
             if status in (EditionStatus.PAUSED, EditionStatus.CANCELLED):
                 self.report.stopped = status.value
                 return False
-            batch_id, claimed = outbox.claim_batch(
+            batch_id, claimed = ledger.claim_batch(
                 session,
                 edition_id=self.edition_id,
                 limit=min(delivery.batch_size, provider.max_batch),
@@ -269,11 +271,11 @@ class _Run:
         except ProviderConfigError:
             with transaction(self.sessions) as session:
                 # Nothing in this batch was accepted: hand it back untouched.
-                outbox.release(session, batch_id=batch_id, claimed=claimed, now=self.clock())
+                ledger.release(session, batch_id=batch_id, claimed=claimed, now=self.clock())
             raise
         self.providers.record(provider, outcomes)
         with transaction(self.sessions) as session:
-            counts = outbox.record_outcomes(
+            counts = ledger.record_outcomes(
                 session,
                 batch_id=batch_id,
                 outcomes=outcomes,
@@ -332,7 +334,7 @@ def send_edition(
             resend_uncertain=_resend_uncertain(settings, provider),
         )
         prepared = prepare(settings, edition, content)
-        before = outbox.stats(session, edition_id=edition_id)
+        before = ledger.stats(session, edition_id=edition_id)
         total = sum(before.values())
         sent_before, failed_before = before[DeliveryStatus.SENT], before[DeliveryStatus.FAILED]
     report = SendReport(
@@ -376,7 +378,7 @@ def send_edition(
         if stop.is_set() and not report.stopped:
             report.stopped = "interrupted"
     with transaction(sessions) as session:
-        report.counts = outbox.stats(session, edition_id=edition_id)
+        report.counts = ledger.stats(session, edition_id=edition_id)
     if helpers:
         # The helper processes' share is only visible in the ledger.
         report.sent = report.counts[DeliveryStatus.SENT] - sent_before
@@ -419,7 +421,7 @@ def _start_helper_processes(
 def _helper_process(settings: Settings, edition_id: int, wait: bool) -> None:
     """Entry point of a helper sender process: its own engine, provider and threads."""
     from newsletter.db import make_engine, session_factory
-    from newsletter.providers import open_providers
+    from newsletter.delivery.providers import open_providers
 
     logging.basicConfig(
         level=settings.service.log_level,
@@ -459,8 +461,8 @@ def _wait_or_finish(
         if _finish_if_done(session, edition_id, clock()):
             return True
         now = clock()
-        due = outbox.next_due(session, edition_id=edition_id)
-        lease = outbox.next_lease_expiry(session, edition_id=edition_id)
+        due = ledger.next_due(session, edition_id=edition_id)
+        lease = ledger.next_lease_expiry(session, edition_id=edition_id)
     if sleep is None:
         return True
     delay = (due - now).total_seconds() if due else 1.0
@@ -470,7 +472,7 @@ def _wait_or_finish(
         delay = min(delay, POLL_SECONDS, (lease - now).total_seconds())
     sleep(min(max(delay, 0.05), float(settings.delivery.lease_seconds)))
     with transaction(sessions) as session:
-        outbox.recover_expired(
+        ledger.recover_expired(
             session,
             edition_id=edition_id,
             now=clock(),
@@ -515,4 +517,4 @@ def cancel(session: Session, *, edition_id: int, now: datetime | None = None) ->
     """Cancel an edition: nothing more is sent; returns how many deliveries were cancelled."""
     edition = editions.get_edition(session, edition_id, for_update=True)
     transition_edition(edition, EditionStatus.CANCELLED)
-    return outbox.cancel_open(session, edition_id=edition_id, now=now or utcnow())
+    return ledger.cancel_open(session, edition_id=edition_id, now=now or utcnow())

@@ -18,8 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from newsletter import outbox
-from newsletter.addresses import normalise_email
+from newsletter.audience.addresses import normalise_email
+from newsletter.delivery import ledger
 from newsletter.errors import StateError
 from newsletter.models import Suppression, SuppressionReason, utcnow
 
@@ -70,7 +70,7 @@ def add_entry(session: Session, *, address: str, reason: SuppressionReason, deta
         session.add(Suppression(**values))
         session.flush()
     # A suppressed address gets nothing more, even from a send already under way.
-    outbox.cancel_for_recipient(session, email=address, newsletter=None, now=utcnow())
+    ledger.cancel_for_recipient(session, email=address, newsletter=None, now=utcnow())
 
 
 # ----- by any spelling of an address ---------------------------------------------

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
-from newsletter.render import Personaliser, RecipientValues, RenderedEdition
+from newsletter.content.render import Personaliser, RecipientValues, RenderedEdition
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,7 @@ from sqlalchemy.orm import Session
 
 from newsletter import __version__
 from newsletter.config import Settings
-from newsletter.errors import FeedError, InputError, NotFoundError
-from newsletter.models import Story, StoryOrigin, utcnow
-from newsletter.sanitise import (
+from newsletter.content.sanitise import (
     BAD_CHARS,
     canonical_url,
     clean_summary,
@@ -49,6 +47,8 @@ from newsletter.sanitise import (
     summary_text,
     url_problem,
 )
+from newsletter.errors import FeedError, InputError, NotFoundError
+from newsletter.models import Story, StoryOrigin, utcnow
 
 __all__ = [
     "FetchReport",

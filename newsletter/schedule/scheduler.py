@@ -38,9 +38,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
-from newsletter import jobs, records
 from newsletter.config import NewsletterSettings, Settings
 from newsletter.db import transaction
+from newsletter.schedule import jobs, records
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.db import transaction
+from newsletter.delivery.providers import Provider, open_providers
 from newsletter.errors import NotFoundError
 from newsletter.models import (
     JobOutcome,
@@ -42,7 +43,6 @@ from newsletter.models import (
     transition_scheduled_send,
     utcnow,
 )
-from newsletter.providers import Provider, open_providers
 
 # Job outcomes keep logging under the job bodies' name, as before the split.
 log = logging.getLogger("newsletter.jobs")

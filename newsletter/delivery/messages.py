@@ -13,8 +13,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
+from newsletter.delivery.providers.base import PreparedEdition, Recipient
 from newsletter.models import utcnow
-from newsletter.providers.base import PreparedEdition, Recipient
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 

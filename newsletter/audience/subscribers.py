@@ -32,9 +32,10 @@ from zoneinfo import available_timezones
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from newsletter import outbox
-from newsletter.addresses import normalise_email as normalise_email
+from newsletter.audience.addresses import normalise_email as normalise_email
+from newsletter.audience.suppression import add_entry, find_entry, refuse_suppressed
 from newsletter.config import Settings
+from newsletter.delivery import ledger
 from newsletter.errors import InputError, NotFoundError, StateError
 from newsletter.models import (
     Delivery,
@@ -49,7 +50,6 @@ from newsletter.models import (
     transition_subscription,
     utcnow,
 )
-from newsletter.suppression import add_entry, find_entry, refuse_suppressed
 from newsletter.tokens import read_token
 
 FORGOTTEN = "forgotten"
@@ -237,7 +237,7 @@ def _unsubscribe(session: Session, sub: Subscriber, newsletter: str | None) -> l
         )
     else:
         # Whoever leaves mid-send gets nothing more from this newsletter.
-        outbox.cancel_for_recipient(session, email=sub.email, newsletter=newsletter, now=utcnow())
+        ledger.cancel_for_recipient(session, email=sub.email, newsletter=newsletter, now=utcnow())
     session.flush()
     return changed
 

@@ -29,9 +29,9 @@ from markdown_it import MarkdownIt
 from mjml import mjml2html
 from sqlalchemy.orm import Session
 
-from newsletter import render
 from newsletter.config import Settings
-from newsletter.editions import local_today
+from newsletter.content import render
+from newsletter.content.editions import local_today
 from newsletter.errors import InputError, RenderError
 from newsletter.models import Edition, EditionKind, EditionStatus, utcnow
 

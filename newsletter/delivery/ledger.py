@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from newsletter.delivery.providers.base import Outcome
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -45,7 +46,6 @@ from newsletter.models import (
     Suppression,
     delivery_sources,
 )
-from newsletter.providers.base import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from newsletter import messages
+from newsletter.content.render import PLACEHOLDERS, substitution_values
+from newsletter.delivery import messages
+from newsletter.delivery.providers.base import PreparedEdition, Recipient
 from newsletter.errors import ProviderConfigError
-from newsletter.providers.base import PreparedEdition, Recipient
-from newsletter.render import PLACEHOLDERS, substitution_values
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"

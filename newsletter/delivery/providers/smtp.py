@@ -32,14 +32,14 @@ from email.utils import format_datetime
 from typing import Literal
 
 from newsletter.config import Settings
-from newsletter.errors import ProviderConfigError, ProviderError
-from newsletter.providers.base import Outcome, PreparedEdition, Recipient
-from newsletter.providers.mime_template import (
+from newsletter.delivery.mime import (
     DKIMSigner,
     MessageTemplate,
     UnsendableRecipient,
     dot_stuff,
 )
+from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
+from newsletter.errors import ProviderConfigError, ProviderError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from newsletter.delivery.providers.base import Outcome, Provider
 from newsletter.errors import ProviderError
-from newsletter.providers.base import Outcome, Provider
 
 log = logging.getLogger(__name__)
 

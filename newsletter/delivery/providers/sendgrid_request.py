@@ -38,10 +38,10 @@ from email.utils import parsedate_to_datetime
 from json.encoder import encode_basestring as _json_str  # C-accelerated, no ASCII escaping
 from typing import Any
 
+from newsletter.content.render import NAME, PREFERENCES_URL, UNSUBSCRIBE_URL, display_name
+from newsletter.delivery.messages import ONE_CLICK, list_unsubscribe
+from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
 from newsletter.errors import ProviderConfigError
-from newsletter.messages import ONE_CLICK, list_unsubscribe
-from newsletter.providers.base import Outcome, PreparedEdition, Recipient
-from newsletter.render import NAME, PREFERENCES_URL, UNSUBSCRIBE_URL, display_name
 
 MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000

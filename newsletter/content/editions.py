@@ -18,8 +18,9 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from newsletter import render
 from newsletter.config import NewsletterSettings, Settings
+from newsletter.content import render
+from newsletter.content.sanitise import clean_summary, summary_text
 from newsletter.errors import NoStoriesError, NotFoundError, StateError
 from newsletter.models import (
     Edition,
@@ -30,7 +31,6 @@ from newsletter.models import (
     transition_edition,
     utcnow,
 )
-from newsletter.sanitise import clean_summary, summary_text
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
-from newsletter import editions, outbox, sender, stories, waves
+from newsletter.content import editions, stories
 from newsletter.db import transaction
+from newsletter.delivery import ledger, sender
 from newsletter.errors import CheckFailed, NewsletterError
 from newsletter.models import (
     Delivery,
@@ -32,7 +33,8 @@ from newsletter.models import (
     ScheduledSendStatus,
     transition_scheduled_send,
 )
-from newsletter.records import (
+from newsletter.schedule import waves
+from newsletter.schedule.records import (
     Run,
     Runtime,
     get_send,
@@ -57,7 +59,7 @@ def _send_ids(session: Session, *, status: ScheduledSendStatus, due: datetime | 
 def _has_due_rows(session: Session, *, edition_id: int, now: datetime) -> bool:
     due = or_(
         and_(
-            Delivery.status.in_(outbox.CLAIMABLE),
+            Delivery.status.in_(ledger.CLAIMABLE),
             or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
         ),
         and_(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now),
@@ -66,7 +68,7 @@ def _has_due_rows(session: Session, *, edition_id: int, now: datetime) -> bool:
 
 
 def _open_rows(session: Session, *, edition_id: int) -> bool:
-    open_ = Delivery.status.in_(outbox.OPEN)
+    open_ = Delivery.status.in_(ledger.OPEN)
     return bool(session.scalar(select(exists().where(Delivery.edition_id == edition_id, open_))))
 
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from email import policy
 from pathlib import Path
 
+from newsletter.delivery.messages import build_message
+from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
 from newsletter.errors import ProviderConfigError
-from newsletter.messages import build_message
-from newsletter.providers.base import Outcome, PreparedEdition, Recipient
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
 

@@ -12,11 +12,12 @@ from datetime import date
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import editions, sender, stories
 from newsletter.config import Settings
+from newsletter.content import editions, stories
+from newsletter.content.stories import FetchReport
 from newsletter.db import transaction
-from newsletter.providers import Provider
-from newsletter.stories import FetchReport
+from newsletter.delivery import sender
+from newsletter.delivery.providers import Provider
 
 log = logging.getLogger(__name__)
 

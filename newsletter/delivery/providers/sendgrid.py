@@ -28,15 +28,15 @@ import sendgrid
 from python_http_client.exceptions import HTTPError
 
 from newsletter.config import PLACEHOLDER_SECRETS, Settings
-from newsletter.errors import ProviderConfigError
-from newsletter.providers.base import Outcome, PreparedEdition, Recipient
-from newsletter.providers.sendgrid_request import (
+from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
+from newsletter.delivery.providers.sendgrid_request import (
     MAX_PERSONALIZATIONS,
     build_request,
     posted_body,
     retry_after,
     validate_request,
 )
+from newsletter.errors import ProviderConfigError
 
 MAX_SPLITS = 10  # 1000 → 1 recipient in ten halvings
 KEY_ENV = "NEWSLETTER_SENDGRID_API_KEY"

@@ -1,0 +1,1 @@
+"""The audience wing: subscribers, CSV imports, suppression, addresses."""

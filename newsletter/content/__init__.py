@@ -1,0 +1,1 @@
+"""The content wing: stories from feeds, sanitising, editions, rendering."""

@@ -1,0 +1,1 @@
+"""The delivery wing: the ledger, the send unit, its runners and the providers."""

@@ -1,0 +1,1 @@
+"""The schedule wing: APScheduler wiring, jobs, run records, waves, the pipeline."""
