@@ -20,15 +20,19 @@ from mjml import mjml2html
 
 from newsletter.content import render
 from newsletter.content.render import (
-    Brand,
-    EditionView,
-    Personaliser,
-    RecipientValues,
-    StoryView,
     check_rendered,
     render_edition,
     render_mjml_source,
-    substitution_values,
+)
+from newsletter.content.types import (
+    Brand,
+    EditionView,
+    RecipientValues,
+    StoryView,
+)
+from newsletter.delivery.personalise import (
+    Personaliser,
+    substitutions,
 )
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -179,7 +183,7 @@ def main() -> None:
     def naive_all() -> None:
         for values in recipients:
             for part, is_html in ((rendered.html, True), (rendered.text, False)):
-                for key, value in substitution_values(values, html=is_html).items():
+                for key, value in substitutions(values, html=is_html).items():
                     part = part.replace(key, value)
 
     fast = timings(personalise_all, 5)

@@ -29,17 +29,22 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.smtp_servers (the smtp-sink launcher)
 
+from newsletter.delivery.mime import DKIMSigner  # noqa: E402
+
 from newsletter import sender  # noqa: E402
 from newsletter.config import Settings  # noqa: E402
-from newsletter.content.render import (  # noqa: E402
+from newsletter.content.render import (
+    render_edition,
+)  # noqa: E402
+from newsletter.content.types import (
     Brand,
     EditionView,
-    Personaliser,
     StoryView,
-    render_edition,
-)
+)  # noqa: E402
 from newsletter.delivery import messages  # noqa: E402
-from newsletter.delivery.mime import DKIMSigner  # noqa: E402
+from newsletter.delivery.personalise import (
+    Personaliser,
+)  # noqa: E402
 from newsletter.delivery.providers.base import PreparedEdition, Recipient  # noqa: E402
 from newsletter.delivery.providers.smtp import SMTPProvider  # noqa: E402
 from tests.smtp_servers import SinkServer, smtp_sink, smtp_sink_missing  # noqa: E402

@@ -93,6 +93,10 @@ class SiteSettings(_Section):
     def _absolute(cls, v: str) -> str:
         if not v.startswith(("https://", "http://")):
             raise ValueError("must be an absolute http(s) URL")
+        # Links are this plus a path and a URL-safe token: they must read the same in
+        # text and (escaped) in HTML, so none of these may appear; nor a query.
+        if any(c in v for c in "&<>\"'?# \t"):
+            raise ValueError("must be a plain base URL (no query, fragment, spaces or & < > \" ')")
         return v.rstrip("/")
 
 
@@ -348,7 +352,11 @@ class Settings(BaseSettings):
             return self.newsletters[slug]
         except KeyError:
             known = ", ".join(sorted(self.newsletters))
-            raise NotFoundError(f"unknown newsletter {slug!r} (configured: {known})") from None
+            raise NotFoundError(
+                f"unknown newsletter {slug!r} (configured: {known})",
+                code="newsletter.unknown",
+                slug=slug,
+            ) from None
 
 
 def _format_validation_error(exc: ValidationError, source: Path) -> str:
@@ -394,7 +402,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raw = source.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            f"config file {source} not found (pass --config PATH or set {ENV_PREFIX}CONFIG)"
+            f"config file {source} not found", code="config.not_found", path=str(source)
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None

@@ -75,7 +75,9 @@ def upgrade(engine: Engine) -> str:
     try:
         command.upgrade(cfg, "head")
     except OperationalError as exc:
-        raise NewsletterError(f"cannot reach the database: {exc.orig}") from None
+        raise NewsletterError(
+            f"cannot reach the database: {exc.orig}", code="db.unreachable"
+        ) from None
     head = ScriptDirectory.from_config(cfg).get_current_head()
     return head or ""
 
@@ -85,6 +87,8 @@ def check_schema(engine: Engine) -> None:
     try:
         tables = set(inspect(engine).get_table_names())
     except OperationalError as exc:
-        raise NewsletterError(f"cannot reach the database: {exc.orig}") from None
+        raise NewsletterError(
+            f"cannot reach the database: {exc.orig}", code="db.unreachable"
+        ) from None
     if "deliveries" not in tables:
-        raise NewsletterError("the database is not initialised: run `newsletter init` first")
+        raise NewsletterError("the database is not initialised", code="db.uninitialised")

@@ -360,7 +360,12 @@ class SendEvent(Base):
 def transition_edition(edition: Edition, new: EditionStatus) -> None:
     """Move an edition to ``new``; StateError if the state machine forbids it."""
     if new not in EDITION_TRANSITIONS[edition.status]:
-        raise StateError(f"edition {edition.id} is {edition.status.value}; cannot become {new}")
+        raise StateError(
+            f"edition {edition.id} is {edition.status.value}; cannot become {new}",
+            code=f"edition.{edition.status.value}",
+            edition_id=edition.id,
+            status=edition.status.value,
+        )
     edition.status = new
 
 
@@ -369,7 +374,10 @@ def transition_subscription(sub: Subscription, new: SubscriptionStatus) -> None:
     if new == sub.status:
         return
     if new not in SUBSCRIPTION_TRANSITIONS[sub.status]:
-        raise StateError(f"subscription is {sub.status.value}; cannot become {new}")
+        raise StateError(
+            f"subscription is {sub.status.value}; cannot become {new}",
+            code=f"subscription.{sub.status.value}",
+        )
     sub.status = new
     if new is SubscriptionStatus.CONFIRMED:
         sub.confirmed_at = utcnow()
@@ -495,5 +503,9 @@ class ScheduledSend(Base):
 def transition_scheduled_send(send: ScheduledSend, new: ScheduledSendStatus) -> None:
     """Move a scheduled send to ``new``; StateError if the state machine forbids it."""
     if new not in SCHEDULED_SEND_TRANSITIONS[send.status]:
-        raise StateError(f"scheduled send {send.id} is {send.status.value}; cannot become {new}")
+        raise StateError(
+            f"scheduled send {send.id} is {send.status.value}; cannot become {new}",
+            code=f"scheduled_send.{send.status.value}",
+            send_id=send.id,
+        )
     send.status = new

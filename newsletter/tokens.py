@@ -86,8 +86,10 @@ def read_token(secret: str, token: str, *, purpose: Purpose) -> TokenData:
     try:
         value = _signer(secret, _SALT[purpose]).unsign(token).decode("ascii")
     except (BadSignature, UnicodeError):
-        raise InputError(f"invalid or tampered {purpose} token") from None
+        raise InputError(
+            f"invalid or tampered {purpose} token", code="token.invalid", purpose=purpose
+        ) from None
     key, sep, newsletter = value.partition(":")
     if not sep or not key:
-        raise InputError(f"invalid {purpose} token")
+        raise InputError(f"invalid {purpose} token", code="token.invalid", purpose=purpose)
     return TokenData(purpose=purpose, subscriber_key=key, newsletter=newsletter)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
@@ -17,14 +16,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.content import editions
-from newsletter.delivery import ledger, sender
+from newsletter.content.types import RenderedEdition
+from newsletter.delivery import ledger, links, sender
 from newsletter.delivery.pacing import RateLimiter
-from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
 from newsletter.delivery.providers.files import OutboxProvider
+from newsletter.delivery.providers.scripted import ScriptedProvider, script
 from newsletter.errors import ProviderConfigError, ProviderError, StateError
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
+    Edition,
     EditionStatus,
     SubscriptionStatus,
     Suppression,
@@ -55,43 +56,11 @@ def _parse(path: Path) -> EmailMessage:
     return msg
 
 
-class Recording:
-    """A provider that records what it was asked to send and can misbehave."""
-
-    name = "recording"
-    max_batch = 2
-    idempotent = False
-
-    def __init__(
-        self, script: Sequence[str] = (), *, name: str = "recording", default: str = "ok"
-    ) -> None:
-        self.script = list(script)  # per call: "ok", "retry", "fail", "config"
-        self.name, self.default = name, default
-        self.copies: Counter[str] = Counter()
-        self.lock = threading.Lock()
-
-    def check(self) -> None:
-        pass
-
-    def send_batch(
-        self, edition: PreparedEdition, recipients: Sequence[Recipient]
-    ) -> list[Outcome]:
-        with self.lock:
-            action = self.script.pop(0) if self.script else self.default
-            if action == "ok":
-                self.copies.update(r.email for r in recipients)
-        if action == "config":
-            raise ProviderConfigError("401 bad key")
-        status = {"ok": "sent", "retry": "retry", "fail": "failed"}[action]
-        return [
-            Outcome(
-                r.delivery_id, status, message_id="m1", error=None if action == "ok" else action
-            )  # type: ignore[arg-type]
-            for r in recipients
-        ]
-
-    def close(self) -> None:
-        pass
+def Recording(  # noqa: N802 (reads like the class it stands for)
+    actions: Sequence[str] = (), *, name: str = "recording", default: str = "ok"
+) -> ScriptedProvider:
+    """A provider answering batch N with ``actions[N]`` (then ``default``), two at a time."""
+    return ScriptedProvider(script(actions, then=default), name=name, max_batch=2)
 
 
 def test_freeze_audience_only_confirmed_and_not_suppressed(
@@ -388,7 +357,7 @@ def test_idempotent_provider_resends_an_uncertain_batch_exactly_once(
     provider.send_batch(
         prepared,
         [
-            sender.recipient(
+            links.recipient(
                 settings,
                 delivery_id=c.id,
                 email=c.email,
@@ -406,7 +375,7 @@ def test_idempotent_provider_resends_an_uncertain_batch_exactly_once(
 
 def _content(
     sessions: sessionmaker[Session], settings: Settings, eid: int
-) -> tuple[editions.Edition, editions.render.RenderedEdition]:
+) -> tuple[Edition, RenderedEdition]:
     with sessions() as s:
         edition = editions.get_edition(s, eid)
         content = editions.frozen_content(edition)
@@ -418,7 +387,7 @@ def test_a_send_failing_everyone_for_one_reason_stops(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:
     eid = _edition(sessions, settings, readers=10)
-    with pytest.raises(ProviderError, match="last 3 batches failed with 'fail'"):
+    with pytest.raises(ProviderError, match="last 3 batches failed with 'scripted fail'"):
         sender.send_edition(
             sessions, settings=settings, edition_id=eid, provider=Recording(default="fail")
         )

@@ -9,23 +9,30 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.content import editions
+from newsletter.content.types import RecipientValues
 from newsletter.delivery import sender
+from newsletter.delivery.personalise import Personaliser
 from newsletter.errors import CheckFailed, NoStoriesError, StateError
-from newsletter.models import EditionStatus, utcnow
+from newsletter.models import Edition, EditionStatus, utcnow
 from tests import factories
 
-NOW = datetime(2026, 11, 24, 12, 0, tzinfo=editions.utcnow().tzinfo)
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=utcnow().tzinfo)
 TODAY = date(2026, 11, 24)
 
 
-def build(session: Session, settings: Settings, **kw: object) -> editions.Edition:
+def build(session: Session, settings: Settings, *, rebuild: bool = False) -> Edition:
     edition, _ = editions.build_edition(
-        session, settings=settings, slug="daily-briefing", issue_date=TODAY, now=NOW, **kw
+        session,
+        settings=settings,
+        slug="daily-briefing",
+        issue_date=TODAY,
+        now=NOW,
+        rebuild=rebuild,
     )
     return edition
 
 
-def titles(edition: editions.Edition) -> list[str]:
+def titles(edition: Edition) -> list[str]:
     return [item.title for item in edition.items]
 
 
@@ -103,8 +110,8 @@ def test_placeholders_in_feed_text_stay_inert(session: Session, settings: Settin
     )
     edition = build(session, settings)
     content = editions.render_edition(edition, settings)
-    html = editions.render.Personaliser(content).html(
-        editions.render.RecipientValues("Ann", "https://x.example/u", "https://x.example/p")
+    html = Personaliser(content).html(
+        RecipientValues("Ann", "https://x.example/u", "https://x.example/p")
     )
     assert "Hello Ann" not in html and "Go to https://x.example/u" not in html
 

@@ -20,23 +20,27 @@ import pytest
 from newsletter.config import SenderSettings, ServiceSettings, Settings, SiteSettings
 from newsletter.content.render import (
     MAX_HTML_BYTES,
+    check_or_raise,
+    check_rendered,
+    format_date_long,
+    render_edition,
+    render_mjml_source,
+)
+from newsletter.content.types import (
     NAME,
     PLACEHOLDERS,
     PREFERENCES_URL,
     UNSUBSCRIBE_URL,
     Brand,
     EditionView,
-    Personaliser,
     RecipientValues,
     RenderedEdition,
     StoryView,
-    check_or_raise,
-    check_rendered,
+)
+from newsletter.delivery.personalise import (
+    Personaliser,
     display_name,
-    format_date_long,
-    render_edition,
-    render_mjml_source,
-    substitution_values,
+    substitutions,
 )
 from newsletter.errors import CheckFailed, RenderError
 
@@ -517,20 +521,20 @@ def test_personaliser_matches_naive_substitution(values: RecipientValues) -> Non
     rendered = render()
     personaliser = Personaliser(rendered)
     assert personaliser.subject == rendered.subject
-    html_values = substitution_values(values, html=True)
-    text_values = substitution_values(values, html=False)
+    html_values = substitutions(values, html=True)
+    text_values = substitutions(values, html=False)
     assert personaliser.html(values) == naive(rendered.html, html_values)
     assert personaliser.text(values) == naive(rendered.text, text_values)
     assert personaliser.html(values) != rendered.html
 
 
-def test_substitution_values() -> None:
-    assert substitution_values(ANN, html=False) == {
+def test_substitutions() -> None:
+    assert substitutions(ANN, html=False) == {
         NAME: ANN.name,
         UNSUBSCRIBE_URL: ANN.unsubscribe_url,
         PREFERENCES_URL: ANN.preferences_url,
     }
-    escaped = substitution_values(replace(ANN, name=" Ann\r\n Lee "), html=True)
+    escaped = substitutions(replace(ANN, name=" Ann\r\n Lee "), html=True)
     assert escaped[NAME] == "Ann Lee"
     assert escaped[UNSUBSCRIBE_URL] == "https://news.example.com/u/tok.en?x=1&amp;y=2"
 

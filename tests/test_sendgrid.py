@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings, load_settings
 from newsletter.content import editions
-from newsletter.delivery import ledger, sender
-from newsletter.delivery.messages import ONE_CLICK, list_unsubscribe
+from newsletter.delivery import ledger, links, sender
+from newsletter.delivery.message import ONE_CLICK, list_unsubscribe
+from newsletter.delivery.personalise import Personaliser
 from newsletter.delivery.providers import make_provider
 from newsletter.delivery.providers.base import PreparedEdition, Recipient
 from newsletter.delivery.providers.sendgrid import SendGridProvider
@@ -114,7 +115,7 @@ def _prepared(
         )
         prepared = sender.prepare(settings, edition, content)
         recipients = [
-            sender.recipient(
+            links.recipient(
                 settings,
                 delivery_id=d.id,
                 email=d.email,
@@ -170,8 +171,8 @@ def test_every_recipient_once_with_its_own_values(
     # Personaliser (used by the other providers) makes for them, in both parts.
     for r in recipients:
         [(text, html)] = server.rendered(r.email)
-        assert text == prepared.personaliser.text(r.values)
-        assert html == prepared.personaliser.html(r.values)
+        assert text == Personaliser(prepared.content).text(r.values)
+        assert html == Personaliser(prepared.content).html(r.values)
     named = {r.name: server.rendered(r.email)[0] for r in recipients}
     assert "Tom &amp; &quot;Jerry&quot; &lt;tj&gt;" in named['Tom & "Jerry" <tj>'][1]
     assert "Hi Zoë O'Brien," in named["Zoë O'Brien"][0]
@@ -477,17 +478,29 @@ def test_plain_and_escaped_batches_build_the_same_json(
     prepared, recipients = _prepared(sessions, sg_settings, eid)
     plain = [r for r in recipients if r.name in ("", "Grace Hopper")]
     odd = Recipient(
-        None, "odd@example.com", "x", 'https://e.com/u?a=1&b="2"', "https://e.com/p", ""
+        None, "odd@example.com", 'Tom & "Jerry"', "https://e.com/u", "https://e.com/p", ""
     )
     fast, _, _ = build_request(prepared, plain)
     slow, _, _ = build_request(prepared, [*plain, odd])
     fast_ps = json.loads(fast)["personalizations"]
     slow_ps = json.loads(slow)["personalizations"]
     assert slow_ps[:-1] == fast_ps
-    assert slow_ps[-1]["substitutions"]["%%UNSUBSCRIBE_URL%%"] == (
-        "https://e.com/u?a=1&amp;b=&quot;2&quot;"
-    )
+    assert slow_ps[-1]["substitutions"]["%%NAME_HTML%%"] == "Tom &amp; &quot;Jerry&quot;"
+    assert slow_ps[-1]["substitutions"]["%%NAME%%"] == 'Tom & "Jerry"'
     assert slow_ps[-1]["headers"]["List-Unsubscribe"] == list_unsubscribe(odd)
+
+
+def test_a_link_that_would_read_differently_escaped_is_refused(
+    sessions: sessionmaker[Session], sg_settings: Settings
+) -> None:
+    # One substitution fills both parts: a link with & would show &amp; in the text.
+    eid = _edition(sessions, sg_settings, readers=1)
+    prepared, [plain] = _prepared(sessions, sg_settings, eid)
+    odd = Recipient(7, "odd@example.com", "x", 'https://e.com/u?a=1&b="2"', "https://e.com/p", "")
+    body, included, rejected = build_request(prepared, [plain, odd])
+    assert included == [plain]
+    assert [(o.delivery_id, o.status) for o in rejected] == [(7, "failed")]
+    assert rejected[0].error and "HTML escaping" in rejected[0].error
 
 
 def test_requests_never_break_sendgrid_limits(

@@ -24,8 +24,8 @@ import sendgrid
 from python_http_client.exceptions import HTTPError
 
 from newsletter.config import Settings
-from newsletter.content import render
-from newsletter.delivery import sender
+from newsletter.content.types import RenderedEdition
+from newsletter.delivery import links
 from newsletter.delivery.providers.base import PreparedEdition, Recipient
 from newsletter.delivery.providers.sendgrid import SendGridProvider
 from newsletter.delivery.providers.sendgrid_request import validate_request
@@ -100,14 +100,14 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 # ----- request shapes the provider sends ------------------------------------------------
 
 
-def _content(realistic: bool) -> render.RenderedEdition:
+def _content(realistic: bool) -> RenderedEdition:
     if realistic and (GOLDEN / "briefing.html").exists():
-        return render.RenderedEdition(
+        return RenderedEdition(
             subject=(GOLDEN / "briefing.subject").read_text(encoding="utf-8").strip(),
             html=(GOLDEN / "briefing.html").read_text(encoding="utf-8"),
             text=(GOLDEN / "briefing.txt").read_text(encoding="utf-8"),
         )
-    return render.RenderedEdition(
+    return RenderedEdition(
         subject="Die Morgenlage: Zürich — 早上好 ☕",
         html='<p>Hi %%NAME%%,</p><a href="%%UNSUBSCRIBE_URL%%">Unsubscribe</a>'
         '<a href="%%PREFERENCES_URL%%">Preferences</a>',
@@ -122,7 +122,6 @@ def _edition(*, realistic: bool = True, reply_to: str | None = "editors@news.exa
         edition_id=42,
         newsletter="daily-briefing",
         content=content,
-        personaliser=render.Personaliser(content),
         from_name=from_name,
         from_address="briefing@news.example.com",
         reply_to=reply_to,
@@ -135,7 +134,7 @@ def _recipients(n: int, names: list[str] | None = None, start: int = 1) -> list[
     settings = Settings()
     names = names or ["Reader"]
     return [
-        sender.recipient(
+        links.recipient(
             settings,
             delivery_id=start + i,
             email=f"reader{start + i}@example.com",

@@ -29,16 +29,22 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter.config import Settings
 from newsletter.content import editions
 from newsletter.content.render import (
-    Brand,
-    EditionView,
-    Personaliser,
-    RenderedEdition,
-    StoryView,
     render_edition,
 )
-from newsletter.delivery import messages, sender
-from newsletter.delivery.mime import DKIMSigner, MessageTemplate
+from newsletter.content.types import (
+    Brand,
+    EditionView,
+    RenderedEdition,
+    StoryView,
+)
+from newsletter.delivery import message as messages
+from newsletter.delivery import sender
+from newsletter.delivery.message import MessageTemplate
+from newsletter.delivery.personalise import (
+    Personaliser,
+)
 from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
+from newsletter.delivery.providers.dkim import DKIMSigner
 from newsletter.delivery.providers.smtp import SMTPProvider, delivery_id_from_verp, verp_address
 from newsletter.errors import ProviderConfigError, ProviderError
 from newsletter.models import Delivery, DeliveryStatus, EditionStatus
@@ -150,7 +156,7 @@ def edition() -> PreparedEdition:
         templates_dir=ROOT / "templates",
     )
     return PreparedEdition(
-        7, "daily-briefing", content, Personaliser(content), "The Daily Ledger",
+        7, "daily-briefing", content, "The Daily Ledger",
         "briefing@news.example.com", "editors@news.example.com",
         '"The Daily Ledger" <daily-briefing.news.example.com>', "news.example.com",
     )  # fmt: skip
@@ -243,8 +249,8 @@ def assert_message_for(data: bytes, edition: PreparedEdition, r: Recipient) -> E
     assert text.get_content_type() == "text/plain" and html.get_content_type() == "text/html"
     assert text["Content-Transfer-Encoding"] == "quoted-printable"
     # The wire carries canonical CRLF line breaks (RFC 2046); the stdlib keeps them.
-    assert text.get_content() == edition.personaliser.text(r.values).replace("\n", "\r\n")
-    assert html.get_content() == edition.personaliser.html(r.values).replace("\n", "\r\n")
+    assert text.get_content() == Personaliser(edition.content).text(r.values).replace("\n", "\r\n")
+    assert html.get_content() == Personaliser(edition.content).html(r.values).replace("\n", "\r\n")
     return msg
 
 
@@ -278,7 +284,7 @@ def test_values_that_need_quoted_printable_are_encoded_not_spliced() -> None:
     body = "Hi %%NAME%%\n.\nFrom the desk: %%UNSUBSCRIBE_URL%%\n" + "w" * 200 + "\n"
     rendered = RenderedEdition(subject="S", html="<p>%%NAME%%</p>" * 40, text=body)
     edition = PreparedEdition(
-        1, "n", rendered, Personaliser(rendered), "F", "f@news.example.com", None,
+        1, "n", rendered, "F", "f@news.example.com", None,
         "n.example.com", "news.example.com",
     )  # fmt: skip
     _, data = MessageTemplate(edition).render(r, date=b"now")
@@ -295,7 +301,7 @@ def test_dot_stuffed_form_equals_stuffing_the_whole_message(
     text = ".starts\n%%NAME%%\n..two\nmid %%NAME%%.\n.%%UNSUBSCRIBE_URL%%\n"
     rendered = RenderedEdition(subject=".S", html=".c { x }\n<p>%%NAME%%</p>\n.", text=text)
     edition = PreparedEdition(
-        1, "n", rendered, Personaliser(rendered), "F", "f@news.example.com", None,
+        1, "n", rendered, "F", "f@news.example.com", None,
         "n.example.com", "news.example.com",
     )  # fmt: skip
     template = MessageTemplate(edition)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.content import render, special
+from newsletter.content.types import UNSUBSCRIBE_URL
 from newsletter.errors import CheckFailed, InputError, RenderError
 from newsletter.models import Edition, EditionKind
 from tests import factories
@@ -85,7 +86,7 @@ def test_markdown_is_rendered_sanitised_and_passes_checks(
     assert 'alt="Map of the closure"' in content.html
     assert render.check_rendered(content) == []
     assert content.text.startswith("# Bridge closed")
-    assert render.UNSUBSCRIBE_URL in content.text and settings.sender.postal_address in content.text
+    assert UNSUBSCRIBE_URL in content.text and settings.sender.postal_address in content.text
 
 
 def test_markdown_with_a_relative_link_fails_the_checks(settings: Settings, tmp_path: Path) -> None:
@@ -98,12 +99,12 @@ def test_mjml_gets_the_footer_and_a_text_part(settings: Settings, tmp_path: Path
     content = special.load_special(
         write(tmp_path, "vote.mjml", MJML), settings=settings, slug=SLUG, subject="Election day"
     )
-    assert "Where to vote" in content.html and render.UNSUBSCRIBE_URL in content.html
+    assert "Where to vote" in content.html and UNSUBSCRIBE_URL in content.html
     assert render.check_rendered(content) == []
     assert content.text.startswith(
         "Polls close at 8 pm. Where to vote <https://news.example.com/vote>"
     )
-    assert f"Unsubscribe: {render.UNSUBSCRIBE_URL}" in content.text
+    assert f"Unsubscribe: {UNSUBSCRIBE_URL}" in content.text
 
 
 @pytest.mark.parametrize(

@@ -728,8 +728,8 @@ def test_cli_user_errors(run_cli: CliRun) -> None:
         ("add", "--title", "T", "--url", "https://e.com/", "--newsletter", "nope"),
         ("list", "--newsletter", "nope"),
     ):
-        result = run_cli("stories", *args, expect=1)
+        result = run_cli("stories", *args, expect=2)
         assert "unknown newsletter 'nope'" in result.output
         assert len(result.output.strip().splitlines()) == 1
-    missing = run_cli("stories", "hide", "404", expect=1)
+    missing = run_cli("stories", "hide", "404", expect=2)
     assert missing.output.strip() == "Error: no story with id 404"

@@ -19,7 +19,7 @@ def test_round_trip_and_shared_by_unsubscribe_and_preferences(newsletter: str) -
         SECRET, purpose="unsubscribe", subscriber_key="k" * 32, newsletter=newsletter
     )
     for purpose in ("unsubscribe", "preferences"):
-        data = read_token(SECRET, token, purpose=purpose)  # type: ignore[arg-type]
+        data = read_token(SECRET, token, purpose=purpose)
         assert (data.subscriber_key, data.newsletter) == ("k" * 32, newsletter)
 
 

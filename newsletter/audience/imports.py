@@ -304,7 +304,8 @@ def import_csv(
     except IntegrityError:
         raise StateError(
             "the subscriber list changed while importing (another import or sign-up?); "
-            "nothing was imported — run it again"
+            "nothing was imported",
+            code="import.conflict",
         ) from None
     return report
 

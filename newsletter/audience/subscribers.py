@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import available_timezones
 
 from sqlalchemy import Select, select
@@ -119,7 +118,7 @@ def _find(session: Session, address: str) -> Subscriber | None:
 def _require(session: Session, address: str) -> Subscriber:
     sub = _find(session, address)
     if sub is None:
-        raise NotFoundError(f"no subscriber {address}")
+        raise NotFoundError(f"no subscriber {address}", code="subscriber.not_found", email=address)
     return sub
 
 
@@ -167,7 +166,10 @@ def add_subscriber(
             when = existing.unsubscribed_at.date().isoformat() if existing.unsubscribed_at else "?"
             raise StateError(
                 f"{address} unsubscribed from {slug} on {when}; re-subscribe only at their "
-                "own request (--resubscribe)"
+                "own request",
+                code="subscription.unsubscribed",
+                email=address,
+                slug=slug,
             )
     if sub is None:
         sub = Subscriber(email=address, name=clean, timezone=zone)
@@ -212,10 +214,20 @@ def confirm(session: Session, *, email: str, newsletter: str | None = None) -> l
     sub = _require(session, address)
     targets = [s for s in sub.subscriptions if newsletter is None or s.newsletter == newsletter]
     if not targets:
-        raise NotFoundError(f"{address} is not subscribed to {newsletter or 'any newsletter'}")
+        raise NotFoundError(
+            f"{address} is not subscribed to {newsletter or 'any newsletter'}",
+            code="subscription.not_found",
+            email=address,
+            slug=newsletter,
+        )
     active = [s for s in targets if s.status is not SubscriptionStatus.UNSUBSCRIBED]
     if not active:
-        raise StateError(f"{address} has unsubscribed from {newsletter or 'every newsletter'}")
+        raise StateError(
+            f"{address} has unsubscribed from {newsletter or 'every newsletter'}",
+            code="subscription.unsubscribed",
+            email=address,
+            slug=newsletter,
+        )
     for s in active:
         transition_subscription(s, SubscriptionStatus.CONFIRMED)
     session.flush()
@@ -262,20 +274,13 @@ def unsubscribe(session: Session, *, email: str, newsletter: str | None) -> list
             return []
         return _unsubscribe(session, sub, None)
     if sub is None or all(s.newsletter != newsletter for s in sub.subscriptions):
-        raise NotFoundError(f"{address} is not subscribed to {newsletter}")
+        raise NotFoundError(
+            f"{address} is not subscribed to {newsletter}",
+            code="subscription.not_found",
+            email=address,
+            slug=newsletter,
+        )
     return _unsubscribe(session, sub, newsletter)
-
-
-def token_from(text: str) -> str:
-    """The token in a raw token, an unsubscribe/preferences URL, a ``mailto:`` URL
-    or an ``unsubscribe <token>`` subject line (the forms the sender writes)."""
-    value = text.strip()
-    if value.lower().startswith("mailto:"):
-        value = parse_qs(urlsplit(value).query).get("subject", [""])[0]
-    elif "://" in value:
-        value = unquote(urlsplit(value).path.rstrip("/").rsplit("/", 1)[-1])
-    words = value.split()
-    return words[-1] if words else ""
 
 
 def unsubscribe_by_token(session: Session, *, token: str, settings: Settings) -> list[Subscription]:
@@ -332,7 +337,10 @@ def remove(session: Session, *, email: str, newsletter: str | None, forget: bool
             unsubscribed=len(unsubscribe(session, email=email, newsletter=newsletter))
         )
     if newsletter is not None:
-        raise InputError("--forget erases the person from every newsletter; drop --newsletter")
+        raise InputError(
+            "forgetting erases the person from every newsletter, not from one",
+            code="subscriber.forget_one",
+        )
     address = normalise_email(email)
     sub = _find(session, address)
     pattern = re.compile(re.escape(address), re.IGNORECASE)

@@ -42,7 +42,12 @@ def refuse_suppressed(session: Session, *, address: str) -> None:
     """Raise StateError (naming the reason) when a normalised ``address`` is suppressed."""
     found = find_entry(session, address=address)
     if found is not None:
-        raise StateError(f"{address} is suppressed ({found.reason.value})")
+        raise StateError(
+            f"{address} is suppressed ({found.reason.value})",
+            code="subscriber.suppressed",
+            email=address,
+            reason=found.reason.value,
+        )
 
 
 def add_entry(session: Session, *, address: str, reason: SuppressionReason, detail: str) -> None:

@@ -24,7 +24,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
-from newsletter.errors import InputError, NewsletterError
+from newsletter.errors import (
+    ConfigError,
+    InputError,
+    NewsletterError,
+    NotFoundError,
+    ProviderConfigError,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "json", "csv")
@@ -171,6 +177,38 @@ class BadInput(UserError):
     exit_code = 2
 
 
+#: Errors caused by what the user typed or configured: exit status 2.
+BAD_INPUT = (ConfigError, InputError, NotFoundError, ProviderConfigError)
+
+#: The next step the CLI suggests for an error code (formatted with its fields).
+HINTS = {
+    "config.not_found": "pass --config PATH or set NEWSLETTER_CONFIG",
+    "db.uninitialised": "run `newsletter init` first",
+    "edition.held": "release it with `newsletter edition release {edition_id}`",
+    "edition.paused": "resume it with `newsletter send --resume {edition_id}`",
+    "edition.not_holdable": "pause a running send with `newsletter send --pause {edition_id}`",
+    "edition.no_stories": "run `newsletter stories fetch --newsletter {slug}` "
+    "or add one with `newsletter stories add`",
+    "edition.checks_failed": "see `newsletter edition check {edition_id}`",
+    "send.failing": "fix the cause, then `newsletter deliveries requeue --edition {edition_id} "
+    "--status failed` and send again",
+    "subscription.unsubscribed": "add --resubscribe only at their own request",
+    "subscriber.forget_one": "drop --newsletter",
+    "import.conflict": "run it again",
+}
+
+
+def error_line(err: NewsletterError) -> str:
+    """The one line the CLI prints for a service error: what, then what to do."""
+    hint = HINTS.get(err.code)
+    if hint:
+        try:
+            return f"{err}; {hint.format(**err.fields)}"
+        except (KeyError, IndexError):
+            pass  # a field the hint needs is missing: the message alone still says what
+    return str(err)
+
+
 class Group(click.Group):
     """A click group that turns NewsletterError into a one-line error and exit code."""
 
@@ -178,4 +216,4 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except NewsletterError as err:
-            raise (BadInput if err.exit_code == 2 else UserError)(str(err)) from None
+            raise (BadInput if isinstance(err, BAD_INPUT) else UserError)(error_line(err)) from None

@@ -10,6 +10,7 @@ import click
 
 from newsletter.cli.common import App, emit_rows, format_option, parse_date, pass_app
 from newsletter.content import editions, render
+from newsletter.delivery import preview as preview_service
 from newsletter.errors import CheckFailed
 
 
@@ -93,16 +94,6 @@ def show(app: App, edition_id: int, fmt: str) -> None:
     emit_rows(rows, ["position", "kicker", "title", "url", "source"], fmt, title=title)
 
 
-def preview_values(app: App) -> render.RecipientValues:
-    """Sample per-recipient values for previews (links point at the site's preview pages)."""
-    base = app.settings.site.base_url
-    return render.RecipientValues(
-        name="",
-        unsubscribe_url=f"{base}/unsubscribe/preview",
-        preferences_url=f"{base}/preferences/preview",
-    )
-
-
 def write_atomically(path: Path, data: str) -> None:
     """Write a file via a temporary sibling and rename: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,12 +117,12 @@ def write_atomically(path: Path, data: str) -> None:
 def preview(app: App, edition_id: int, fmt: str, output: Path | None) -> None:
     """Render an edition as a reader would see it (sample recipient)."""
     with app.transaction() as session:
-        edition = editions.get_edition(session, edition_id)
-        content = editions.frozen_content(edition) or editions.render_edition(edition, app.settings)
-    personal = render.Personaliser(content)
-    body = (
-        personal.html(preview_values(app)) if fmt == "html" else personal.text(preview_values(app))
-    )
+        body = preview_service.preview(
+            session,
+            settings=app.settings,
+            edition_id=edition_id,
+            part="html" if fmt == "html" else "text",
+        )
     if output is None:
         click.echo(body)
         return
@@ -153,7 +144,7 @@ def check(app: App, edition_id: int) -> None:
     problems = render.check_rendered(content)
     size = len(content.html.encode())
     if problems:
-        raise CheckFailed(problems)
+        raise CheckFailed(problems, edition_id=edition_id)
     click.echo(
         f"edition {edition_id}: all checks passed "
         f"(HTML {size / 1024:.1f} KB, subject {content.subject!r})"

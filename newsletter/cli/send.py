@@ -13,11 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from newsletter.audience.subscribers import normalise_email
 from newsletter.cli.common import App, emit_rows, parse_date, pass_app
-from newsletter.content import editions, render
-from newsletter.delivery import ledger, sender
+from newsletter.delivery import preview, sender
 from newsletter.delivery.providers import open_providers
+from newsletter.delivery.types import OutcomeStatus
 from newsletter.errors import InputError
-from newsletter.models import DeliveryStatus, Edition
+from newsletter.models import DeliveryStatus, EditionStatus
 from newsletter.schedule import pipeline
 
 log = logging.getLogger("newsletter.send")
@@ -138,7 +138,12 @@ def send(
             raise InputError("give --newsletter SLUG or --edition ID")
         settings.newsletter(slug)
         if dry_run:
-            _dry_run_unbuilt(app, slug, issue_date)
+            with app.sessions() as session:
+                _report_dry_run(
+                    preview.dry_run_unbuilt(
+                        session, settings=settings, slug=slug, issue_date=parse_date(issue_date)
+                    )
+                )
             return
         edition_id, created = pipeline.build_today(
             app.sessions, settings=settings, slug=slug, issue_date=parse_date(issue_date)
@@ -146,8 +151,7 @@ def send(
         click.echo(f"{'built' if created else 'using'} edition {edition_id}", err=True)
     if dry_run:
         with app.transaction() as session:
-            edition = editions.get_edition(session, edition_id)
-            _report_dry_run(app, edition)
+            _report_dry_run(preview.dry_run(session, settings=settings, edition_id=edition_id))
         return
     with open_providers(settings) as (provider, secondary):
         if test_to:
@@ -160,7 +164,7 @@ def send(
                     email=email,
                     provider=provider,
                 )
-            if outcome.status != "sent":
+            if outcome.status is not OutcomeStatus.SENT:
                 raise InputError(f"test copy to {email} not sent: {outcome.error}")
             click.echo(f"test copy of edition {edition_id} sent to {email} via {provider.name}")
             return
@@ -178,34 +182,23 @@ def send(
         click.echo(f"messages are in {settings.outbox_path}")
 
 
-def _report_dry_run(app: App, edition: Edition) -> None:
-    content = editions.frozen_content(edition) or editions.render_edition(edition, app.settings)
-    problems = render.check_rendered(content)
-    with app.transaction() as session:
-        frozen = sum(ledger.stats(session, edition_id=edition.id).values())
-        audience = frozen or ledger.audience_count(session, slug=edition.newsletter)
-    click.echo(f"dry run: edition {edition.id} of {edition.newsletter} for {edition.issue_date}")
-    click.echo(f"subject: {content.subject}")
-    click.echo(
-        f"HTML {len(content.html.encode()) / 1024:.1f} KB, "
-        f"text {len(content.text.encode()) / 1024:.1f} KB"
-    )
-    click.echo(f"audience: {audience} recipients" + (" (frozen)" if frozen else ""))
+def _report_dry_run(report: preview.DryRun) -> None:
+    what = f"edition {report.edition_id}" if report.edition_id else "a new edition"
+    click.echo(f"dry run: {what} of {report.newsletter} for {report.issue_date}")
+    click.echo(f"subject: {report.subject}")
+    click.echo(f"HTML {report.html_bytes / 1024:.1f} KB, text {report.text_bytes / 1024:.1f} KB")
+    click.echo(f"audience: {report.audience} recipients" + (" (frozen)" if report.frozen else ""))
+    problems = report.problems
     click.echo("checks: " + ("passed" if not problems else "FAILED: " + "; ".join(problems)))
-    if problems:
-        raise click.exceptions.Exit(1)
-
-
-def _dry_run_unbuilt(app: App, slug: str, issue_date: str | None) -> None:
-    """Dry run without a stored edition: build inside a transaction that is rolled back."""
-    with app.sessions() as session:
-        edition, _ = editions.build_edition(
-            session, settings=app.settings, slug=slug, issue_date=parse_date(issue_date)
+    if report.status is EditionStatus.HELD:
+        click.echo(
+            f"edition {report.edition_id} is held: nothing would be sent until "
+            f"`newsletter edition release {report.edition_id}`"
         )
-        try:
-            _report_dry_run(app, edition)
-        finally:
-            session.rollback()
+    elif report.status in (EditionStatus.PAUSED, EditionStatus.CANCELLED):
+        click.echo(f"edition {report.edition_id} is {report.status.value}: nothing would be sent")
+    if not report.sendable:
+        raise click.exceptions.Exit(1)
 
 
 @click.command()

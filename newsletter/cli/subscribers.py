@@ -22,6 +22,7 @@ from newsletter.audience import imports, suppression
 from newsletter.audience import subscribers as svc
 from newsletter.cli.common import App, Group, emit_rows, format_option, pass_app, safe_cell
 from newsletter.config import Settings
+from newsletter.delivery import links
 from newsletter.errors import InputError
 from newsletter.models import Subscriber, SubscriptionStatus, SuppressionReason
 
@@ -258,7 +259,7 @@ def unsubscribe_token(app: App, token: str) -> None:
     """Process TOKEN: a token, an unsubscribe URL, a mailto: URL or its subject (idempotent)."""
     settings = app.settings
     with app.transaction() as session:
-        subs = svc.unsubscribe_by_token(session, token=svc.token_from(token), settings=settings)
+        subs = svc.unsubscribe_by_token(session, token=links.token_from(token), settings=settings)
         done = ", ".join(f"{s.subscriber.email} from {s.newsletter}" for s in subs)
     click.echo(f"unsubscribed {done}" if done else "nothing to do (already unsubscribed)")
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from newsletter.config import NewsletterSettings, Settings
-from newsletter.content import render
+from newsletter.content import render, types
 from newsletter.content.sanitise import clean_summary, summary_text
 from newsletter.errors import NoStoriesError, NotFoundError, StateError
 from newsletter.models import (
@@ -100,7 +100,7 @@ def mix_sources(ranked: Sequence[Story], limit: int) -> list[Story]:
 
 def _inert(text: str) -> str:
     """Break up any per-recipient placeholder a feed smuggles into a story's text."""
-    for placeholder in render.PLACEHOLDERS:
+    for placeholder in types.PLACEHOLDERS:
         text = text.replace(placeholder, placeholder.replace("%%", "%\u200b%"))
     return text
 
@@ -156,7 +156,9 @@ def build_edition(
     if edition is not None and edition.status not in (EditionStatus.BUILT, EditionStatus.HELD):
         raise StateError(
             f"edition {edition.id} is {edition.status.value}: it cannot be rebuilt once "
-            "sending has started"
+            "sending has started",
+            code="edition.not_rebuildable",
+            edition_id=edition.id,
         )
     stories = select_stories(
         session, slug=slug, newsletter=newsletter, issue_date=issue_date, now=now
@@ -164,8 +166,9 @@ def build_edition(
     if not stories:
         raise NoStoriesError(
             f"no eligible stories for {slug} on {issue_date} (none fresher than "
-            f"{newsletter.freshness_hours} h): run `newsletter stories fetch --newsletter {slug}` "
-            "or add one with `newsletter stories add`"
+            f"{newsletter.freshness_hours} h)",
+            slug=slug,
+            issue_date=issue_date,
         )
     if edition is None:
         edition = Edition(newsletter=slug, issue_date=issue_date, status=EditionStatus.BUILT)
@@ -203,7 +206,9 @@ def get_edition(session: Session, edition_id: int, *, for_update: bool = False) 
         query = query.with_for_update()
     edition = session.scalar(query)
     if edition is None:
-        raise NotFoundError(f"no edition with id {edition_id}")
+        raise NotFoundError(
+            f"no edition with id {edition_id}", code="edition.not_found", edition_id=edition_id
+        )
     return edition
 
 
@@ -211,7 +216,9 @@ def edition_status(session: Session, edition_id: int) -> EditionStatus:
     """Just the edition's status (cheap: checked before every batch)."""
     status = session.scalar(select(Edition.status).where(Edition.id == edition_id))
     if status is None:
-        raise NotFoundError(f"no edition with id {edition_id}")
+        raise NotFoundError(
+            f"no edition with id {edition_id}", code="edition.not_found", edition_id=edition_id
+        )
     return status
 
 
@@ -232,17 +239,17 @@ def list_editions(
     return [(e, n) for e, n in session.execute(query)]
 
 
-def edition_view(edition: Edition, settings: Settings) -> render.EditionView:
+def edition_view(edition: Edition, settings: Settings) -> types.EditionView:
     """The pure data the renderer needs for ``edition``."""
     newsletter = settings.newsletter(edition.newsletter)
-    return render.EditionView(
+    return types.EditionView(
         id=edition.id,
         newsletter_slug=edition.newsletter,
         newsletter_name=newsletter.name,
         newsletter_description=newsletter.description,
         issue_date=edition.issue_date,
         stories=tuple(
-            render.StoryView(
+            types.StoryView(
                 title=item.title,
                 url=item.url,
                 summary_html=item.summary,
@@ -256,28 +263,28 @@ def edition_view(edition: Edition, settings: Settings) -> render.EditionView:
     )
 
 
-def render_edition(edition: Edition, settings: Settings) -> render.RenderedEdition:
+def render_edition(edition: Edition, settings: Settings) -> types.RenderedEdition:
     """Render ``edition`` with the newsletter's templates (no side effects)."""
     newsletter = settings.newsletter(edition.newsletter)
     return render.render_edition(
         edition_view(edition, settings),
-        brand=render.Brand.from_settings(settings),
+        brand=types.Brand.from_settings(settings),
         subject_template=newsletter.subject,
         template=newsletter.template,
         templates_dir=settings.templates_path,
     )
 
 
-def frozen_content(edition: Edition) -> render.RenderedEdition | None:
+def frozen_content(edition: Edition) -> types.RenderedEdition | None:
     """The content frozen when sending started, if any."""
     if edition.html is None or edition.text is None:
         return None
-    return render.RenderedEdition(subject=edition.subject, html=edition.html, text=edition.text)
+    return types.RenderedEdition(subject=edition.subject, html=edition.html, text=edition.text)
 
 
 def freeze_content(
     session: Session, *, edition: Edition, settings: Settings
-) -> render.RenderedEdition:
+) -> types.RenderedEdition:
     """Render once, run the pre-send checks, and store the content on the edition.
 
     Every recipient, and any resumed send, then gets exactly this content.
@@ -287,9 +294,11 @@ def freeze_content(
     if content is not None:
         return content
     if not edition.items:
-        raise StateError(f"edition {edition.id} has no stories")
+        raise StateError(
+            f"edition {edition.id} has no stories", code="edition.empty", edition_id=edition.id
+        )
     content = render_edition(edition, settings)
-    render.check_or_raise(content)
+    render.check_or_raise(content, edition_id=edition.id)
     edition.subject, edition.html, edition.text = content.subject, content.html, content.text
     session.flush()
     return content
@@ -308,8 +317,10 @@ def hold_edition(
         return edition
     if edition.status is not EditionStatus.BUILT:
         raise StateError(
-            f"edition {edition_id} is {edition.status.value}: only a built edition can be "
-            "held (pause a running send with `newsletter send --pause ID`)"
+            f"edition {edition_id} is {edition.status.value}: only a built edition can be held",
+            code="edition.not_holdable",
+            edition_id=edition_id,
+            status=edition.status.value,
         )
     transition_edition(edition, EditionStatus.HELD)
     log.warning("edition %s of %s held: %s", edition.id, edition.newsletter, reason)
@@ -321,7 +332,11 @@ def release_edition(session: Session, *, edition_id: int) -> Edition:
     (unless past the newsletter's staleness deadline). Raises StateError, NotFoundError."""
     edition = get_edition(session, edition_id, for_update=True)
     if edition.status is not EditionStatus.HELD:
-        raise StateError(f"edition {edition_id} is {edition.status.value}, not held")
+        raise StateError(
+            f"edition {edition_id} is {edition.status.value}, not held",
+            code="edition.not_held",
+            edition_id=edition_id,
+        )
     transition_edition(edition, EditionStatus.BUILT)
     log.info("edition %s of %s released", edition.id, edition.newsletter)
     return edition

@@ -2,8 +2,8 @@
 
 The HTML part is Jinja2 → MJML (mjml-python) → CSS inlining (css-inline); the text
 part is its own Jinja2 template. Both are rendered once per edition and still carry
-the per-recipient placeholders (:data:`PLACEHOLDERS`), which :class:`Personaliser`
-(or a provider, via :func:`substitution_values`) fills in for each subscriber.
+the per-recipient placeholders (:mod:`newsletter.content.types`), which the delivery
+wing fills in for each subscriber (:mod:`newsletter.delivery.personalise`).
 
 :func:`check_rendered` runs the pre-send checks (size, links, alt text,
 unsubscribe link). Nothing here touches the database, the network or the clock.
@@ -12,14 +12,13 @@ unsubscribe link). Nothing here touches the database, the network or the clock.
 from __future__ import annotations
 
 import functools
-import html as html_lib
 import os
 import re
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import css_inline
@@ -27,20 +26,21 @@ import jinja2
 from markupsafe import Markup
 from mjml import mjml2html
 
+from newsletter.content.types import (
+    NAME,
+    PLACEHOLDERS,
+    PREFERENCES_URL,
+    UNSUBSCRIBE_URL,
+    Brand,
+    EditionView,
+    RecipientValues,
+    RenderedEdition,
+)
 from newsletter.errors import CheckFailed, RenderError
-
-if TYPE_CHECKING:
-    from newsletter.config import Settings
-
-NAME = "%%NAME%%"
-UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
-PREFERENCES_URL = "%%PREFERENCES_URL%%"
-PLACEHOLDERS = (NAME, UNSUBSCRIBE_URL, PREFERENCES_URL)
 
 #: Gmail clips messages over ~102 KB; we refuse to send anything over 90 KB.
 MAX_HTML_BYTES = 90 * 1024
 MAX_SUBJECT_CHARS = 150
-DEFAULT_NAME = "there"
 
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _MONTHS = (
@@ -50,71 +50,6 @@ _MONTHS = (
 
 
 # ----- data in and out -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StoryView:
-    """One story as the templates see it; ``summary_html`` is already sanitised."""
-
-    title: str
-    url: str
-    summary_html: str
-    summary_text: str
-    kicker: str
-    source: str
-    published_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class EditionView:
-    """A frozen edition: its newsletter, date and stories (the first is the lead)."""
-
-    id: int | None
-    newsletter_slug: str
-    newsletter_name: str
-    newsletter_description: str
-    issue_date: date
-    stories: tuple[StoryView, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Brand:
-    """Who sends the newsletter: names, the legally required address, the site."""
-
-    service_name: str
-    from_name: str
-    postal_address: str
-    base_url: str
-    reply_to: str | None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Brand:
-        """Build the brand from the service, sender and site settings."""
-        return cls(
-            service_name=settings.service.name,
-            from_name=settings.sender.from_name,
-            postal_address=settings.sender.postal_address,
-            base_url=settings.site.base_url.rstrip("/"),
-            reply_to=settings.sender.reply_to,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RenderedEdition:
-    """Subject, HTML and text of an edition, placeholders still in place."""
-
-    subject: str
-    html: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientValues:
-    """One subscriber's values for the placeholders (raw, unescaped)."""
-
-    name: str
-    unsubscribe_url: str
-    preferences_url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,95 +338,8 @@ def check_rendered(rendered: RenderedEdition) -> list[str]:
     return problems
 
 
-def check_or_raise(rendered: RenderedEdition) -> None:
+def check_or_raise(rendered: RenderedEdition, *, edition_id: int | None = None) -> None:
     """Run :func:`check_rendered`; raise CheckFailed listing the problems, if any."""
     problems = check_rendered(rendered)
     if problems:
-        raise CheckFailed(problems)
-
-
-# ----- per-recipient substitution ---------------------------------------------
-
-
-def display_name(name: str) -> str:
-    """The name a recipient is greeted by: on one line, ``"there"`` when blank.
-
-    Every provider fills ``%%NAME%%`` with this, so a reader sees the same greeting
-    whichever one sent the mail.
-    """
-    # _one_line inlined: the SendGrid body builder calls this per recipient.
-    return " ".join(name.split()) or DEFAULT_NAME
-
-
-def substitution_values(values: RecipientValues, *, html: bool) -> dict[str, str]:
-    """Map each placeholder to the recipient's value, HTML-escaped when ``html``.
-
-    An empty name becomes ``"there"``. Escaping with quote=True is right both in
-    text content and in the double-quoted attributes the placeholders sit in.
-    """
-    name = display_name(values.name)
-    if html:
-        return {
-            NAME: html_lib.escape(name, quote=True),
-            UNSUBSCRIBE_URL: html_lib.escape(values.unsubscribe_url, quote=True),
-            PREFERENCES_URL: html_lib.escape(values.preferences_url, quote=True),
-        }
-    return {
-        NAME: name,
-        UNSUBSCRIBE_URL: values.unsubscribe_url,
-        PREFERENCES_URL: values.preferences_url,
-    }
-
-
-_PLACEHOLDER_SPLIT = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS) + ")")
-
-
-class _Segments:
-    """A body split on the placeholders: literal parts with slots between them."""
-
-    __slots__ = ("_parts", "_slots")
-
-    def __init__(self, body: str) -> None:
-        self._parts = _PLACEHOLDER_SPLIT.split(body)
-        # Odd positions hold placeholders; remember which value each one takes.
-        self._slots = tuple(
-            (i, PLACEHOLDERS.index(self._parts[i])) for i in range(1, len(self._parts), 2)
-        )
-
-    def fill(self, values: tuple[str, str, str]) -> str:
-        parts = self._parts.copy()
-        for index, which in self._slots:
-            parts[index] = values[which]
-        return "".join(parts)
-
-
-class Personaliser:
-    """Fill one rendered edition in for many recipients, fast.
-
-    Built once per edition: each body is pre-split on the placeholders, so a
-    recipient costs three escapes and one ``str.join`` per part (about 1-2 µs for
-    a 36 KB body, against ~1.5 ms for a re-render).
-    """
-
-    __slots__ = ("_html", "_text", "subject")
-
-    def __init__(self, rendered: RenderedEdition) -> None:
-        self.subject = rendered.subject
-        self._html = _Segments(rendered.html)
-        self._text = _Segments(rendered.text)
-
-    def html(self, values: RecipientValues) -> str:
-        """The HTML part for one recipient (values HTML-escaped)."""
-        return self._html.fill(
-            (
-                html_lib.escape(display_name(values.name), quote=True),
-                html_lib.escape(values.unsubscribe_url, quote=True),
-                html_lib.escape(values.preferences_url, quote=True),
-            )
-        )
-
-    def text(self, values: RecipientValues) -> str:
-        """The text part for one recipient (values as they are)."""
-        return self._text.fill(
-            (display_name(values.name), values.unsubscribe_url, values.preferences_url)
-        )
+        raise CheckFailed(problems, edition_id=edition_id)

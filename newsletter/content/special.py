@@ -30,7 +30,7 @@ from mjml import mjml2html
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
-from newsletter.content import render
+from newsletter.content import render, types
 from newsletter.content.editions import local_today
 from newsletter.errors import InputError, RenderError
 from newsletter.models import Edition, EditionKind, EditionStatus, utcnow
@@ -135,8 +135,8 @@ def _footer_values(settings: Settings, name: str) -> dict[str, str]:
         "name": name,
         "base": base,
         "site": base.split("//", 1)[-1],
-        "unsubscribe": render.UNSUBSCRIBE_URL,
-        "preferences": render.PREFERENCES_URL,
+        "unsubscribe": types.UNSUBSCRIBE_URL,
+        "preferences": types.PREFERENCES_URL,
         "address": settings.sender.postal_address,
     }
 
@@ -162,7 +162,7 @@ def markdown_to_html(source: str) -> str:
 
 def render_markdown(
     source: str, *, settings: Settings, newsletter_name: str, subject: str
-) -> render.RenderedEdition:
+) -> types.RenderedEdition:
     """A Markdown document as a complete email (subject, HTML, text) with the footer."""
     escaped = {
         k: html_lib.escape(v, quote=True)
@@ -174,12 +174,12 @@ def render_markdown(
     mjml = layout.replace("  </mj-body>", _FOOTER.format(**escaped) + "  </mj-body>")
     html = _compile(mjml, "the Markdown layout")
     text = source.strip() + "\n" + _TEXT_FOOTER.format(**_footer_values(settings, newsletter_name))
-    return render.RenderedEdition(subject=subject, html=html, text=text)
+    return types.RenderedEdition(subject=subject, html=html, text=text)
 
 
 def render_mjml(
     source: str, *, filename: str, settings: Settings, newsletter_name: str, subject: str
-) -> render.RenderedEdition:
+) -> types.RenderedEdition:
     """An MJML document compiled as written, with the standard footer added."""
     end = source.rfind("</mj-body>")
     if end < 0:
@@ -193,12 +193,12 @@ def render_mjml(
     footer_start = parser.text().rfind("You are receiving")
     body = parser.text()[:footer_start].strip() if footer_start > 0 else parser.text()
     text = body + "\n" + _TEXT_FOOTER.format(**values)
-    return render.RenderedEdition(subject=subject, html=html, text=text)
+    return types.RenderedEdition(subject=subject, html=html, text=text)
 
 
 def load_special(
     path: Path, *, settings: Settings, slug: str, subject: str
-) -> render.RenderedEdition:
+) -> types.RenderedEdition:
     """Read and render a Markdown or MJML file, then run the pre-send checks.
 
     Raises InputError (unreadable, wrong type, empty subject), RenderError (MJML
@@ -207,7 +207,7 @@ def load_special(
     newsletter = settings.newsletter(slug)
     subject = " ".join(subject.split())
     if not subject:
-        raise InputError("--subject must not be empty")
+        raise InputError("the subject must not be empty", code="special.no_subject")
     suffix = path.suffix.lower()
     if suffix not in MARKDOWN_SUFFIXES + MJML_SUFFIXES:
         raise InputError(f"{path}: expected a Markdown (.md) or MJML (.mjml) file")

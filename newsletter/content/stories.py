@@ -481,15 +481,21 @@ def add_story(
     """
     clean_url = canonical_url(url)
     if clean_url is None:
-        raise InputError(f"invalid story URL {url!r}: use an absolute http(s) URL")
+        raise InputError(
+            f"invalid story URL {url!r}: use an absolute http(s) URL", code="story.bad_url", url=url
+        )
     clean_title = plain_text(title, TITLE_LIMIT)
     if not clean_title:
-        raise InputError("a story needs a title")
+        raise InputError("a story needs a title", code="story.no_title")
     existing = session.scalar(
         select(Story.id).where(Story.newsletter == newsletter, Story.url == clean_url)
     )
     if existing is not None:
-        raise InputError(f"{clean_url} is already story {existing} in {newsletter}")
+        raise InputError(
+            f"{clean_url} is already story {existing} in {newsletter}",
+            code="story.duplicate",
+            story_id=existing,
+        )
     now = now or utcnow()
     story = Story(
         newsletter=newsletter,
@@ -509,7 +515,9 @@ def add_story(
         with session.begin_nested():  # a concurrent add of the same URL
             session.add(story)
     except IntegrityError:
-        raise InputError(f"{clean_url} is already a story in {newsletter}") from None
+        raise InputError(
+            f"{clean_url} is already a story in {newsletter}", code="story.duplicate"
+        ) from None
     return story
 
 
@@ -533,7 +541,9 @@ def list_stories(
 def _story(session: Session, story_id: int) -> Story:
     story = session.get(Story, story_id)
     if story is None:
-        raise NotFoundError(f"no story with id {story_id}")
+        raise NotFoundError(
+            f"no story with id {story_id}", code="story.not_found", story_id=story_id
+        )
     return story
 
 

@@ -18,7 +18,7 @@ import random
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple, cast
+from typing import cast
 
 from sqlalchemy import (
     Executable,
@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from newsletter.delivery.providers.base import Outcome
+from newsletter.delivery.types import Claimed, Outcome, OutcomeStatus
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -133,16 +133,6 @@ def _count(session: Session, edition_id: int) -> int:
     return int(session.scalar(query) or 0)
 
 
-class Claimed(NamedTuple):
-    """A delivery row handed to a sender."""
-
-    id: int
-    email: str
-    name: str
-    subscriber_key: str
-    attempts: int
-
-
 def claim_batch(
     session: Session, *, edition_id: int, limit: int, lease_seconds: int, now: datetime
 ) -> tuple[str, list[Claimed]]:
@@ -224,9 +214,12 @@ def record_outcomes(
     for o in outcomes:
         if o.delivery_id is None:
             continue
-        if o.status == "sent":
+        if o.status is OutcomeStatus.SENT:
             sent.append({"b_id": o.delivery_id, "b_mid": o.message_id})
-        elif o.status == "retry" and attempts.get(o.delivery_id, max_attempts) < max_attempts:
+        elif (
+            o.status is OutcomeStatus.RETRY
+            and attempts.get(o.delivery_id, max_attempts) < max_attempts
+        ):
             delay = backoff_seconds(
                 attempts[o.delivery_id], base=retry_base, retry_after=o.retry_after
             )
@@ -235,7 +228,7 @@ def record_outcomes(
             )
         else:
             reason = o.error or "failed"
-            if o.status == "retry":
+            if o.status is OutcomeStatus.RETRY:
                 reason = f"gave up after {attempts.get(o.delivery_id)} attempts: {reason}"
             failed.append({"b_id": o.delivery_id, "b_err": reason})
     guard = and_(

@@ -12,7 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from newsletter.delivery.providers.base import Outcome, Provider
+from newsletter.delivery.providers.base import Provider
+from newsletter.delivery.types import Outcome, OutcomeStatus
 from newsletter.errors import ProviderError
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ class FailureGuard:
 
     def check(self, outcomes: list[Outcome]) -> None:
         """Count this batch; ProviderError once ``limit`` batches failed alike."""
-        reasons = {o.error for o in outcomes if o.status == "failed"}
-        all_failed = bool(outcomes) and all(o.status == "failed" for o in outcomes)
+        reasons = {o.error for o in outcomes if o.status is OutcomeStatus.FAILED}
+        all_failed = bool(outcomes) and all(o.status is OutcomeStatus.FAILED for o in outcomes)
         with self.lock:
             if all_failed and len(reasons) == 1:
                 reason = reasons.pop()
@@ -65,8 +66,10 @@ class FailureGuard:
             if self.count >= self.limit:
                 raise ProviderError(
                     f"stopped: every recipient of the last {self.count} batches failed with "
-                    f"{self.reason!r}; fix the cause, then `newsletter deliveries requeue "
-                    "--status failed` and send again"
+                    f"{self.reason!r}",
+                    code="send.failing",
+                    reason=self.reason,
+                    batches=self.count,
                 )
 
 
@@ -84,7 +87,7 @@ class Failover:
         with self.lock:
             if provider is not self.current:
                 return
-            if outcomes and all(o.status == "retry" for o in outcomes):
+            if outcomes and all(o.status is OutcomeStatus.RETRY for o in outcomes):
                 self.failures += 1
             else:
                 self.failures = 0

@@ -8,7 +8,6 @@ ledger.py for the states. The CLI, the scheduler and tests all call
 
 from __future__ import annotations
 
-import functools
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -23,13 +22,14 @@ from types import FrameType
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import tokens
 from newsletter.config import Settings
-from newsletter.content import editions, render
+from newsletter.content import editions, render, types
 from newsletter.db import transaction
 from newsletter.delivery import ledger
+from newsletter.delivery.links import recipient
 from newsletter.delivery.pacing import Failover, FailureGuard, RateLimiter
-from newsletter.delivery.providers.base import Outcome, PreparedEdition, Provider, Recipient
+from newsletter.delivery.providers.base import Provider
+from newsletter.delivery.types import Outcome, PreparedEdition
 from newsletter.errors import ProviderConfigError, StateError
 from newsletter.models import DeliveryStatus, Edition, EditionStatus, transition_edition, utcnow
 
@@ -64,7 +64,7 @@ class SendReport:
 
 
 def prepare(
-    settings: Settings, edition: Edition, content: render.RenderedEdition
+    settings: Settings, edition: Edition, content: types.RenderedEdition
 ) -> PreparedEdition:
     """The per-send constants every provider needs (content rendered once)."""
     newsletter = settings.newsletter(edition.newsletter)
@@ -74,44 +74,12 @@ def prepare(
         edition_id=edition.id,
         newsletter=edition.newsletter,
         content=content,
-        personaliser=render.Personaliser(content),
         from_name=sender.from_name,
         from_address=sender.from_address,
         reply_to=sender.reply_to,
         list_id=f'"{newsletter.name}" <{edition.newsletter}.{list_domain}>',
         domain=sender.domain,
     )
-
-
-def recipient(
-    settings: Settings, *, delivery_id: int | None, email: str, name: str, key: str, newsletter: str
-) -> Recipient:
-    """A recipient with signed unsubscribe/preferences links (no raw id or address)."""
-    unsubscribe_url, preferences_url, mailto = _links(
-        settings.signing_key,
-        settings.site.base_url,
-        settings.sender.unsubscribe_address,
-        newsletter,
-    )(key)
-    return Recipient(delivery_id, email, name, unsubscribe_url, preferences_url, mailto)
-
-
-@functools.lru_cache(maxsize=16)
-def _links(
-    secret: str, base_url: str, mailbox: str, newsletter: str
-) -> Callable[[str], tuple[str, str, str]]:
-    """Per-send constants, so each recipient costs one signature and three joins."""
-    sign = tokens.signer(secret, "unsubscribe").sign
-    suffix = f":{newsletter}"
-    unsubscribe, preferences = f"{base_url}/unsubscribe/", f"{base_url}/preferences/"
-    mailto = f"mailto:{mailbox}?subject=unsubscribe%20"
-
-    def links(key: str) -> tuple[str, str, str]:
-        token = sign(key + suffix).decode("ascii")
-        # The token's alphabet is URL-safe but for ':' (see tokens.py).
-        return unsubscribe + token, preferences + token, mailto + token.replace(":", "%3A")
-
-    return links
 
 
 @contextmanager
@@ -148,7 +116,7 @@ def start_send(
     edition_id: int,
     now: datetime,
     resend_uncertain: bool | None = None,
-) -> tuple[Edition, render.RenderedEdition, int, int]:
+) -> tuple[Edition, types.RenderedEdition, int, int]:
     """Freeze content and audience (first run only) and mark the edition sending.
 
     ``resend_uncertain`` (default: from settings) decides what happens to a batch a
@@ -158,16 +126,20 @@ def start_send(
     """
     edition = editions.get_edition(session, edition_id, for_update=True)
     if edition.status is EditionStatus.CANCELLED:
-        raise StateError(f"edition {edition.id} was cancelled; nothing will be sent")
+        raise StateError(
+            f"edition {edition.id} was cancelled; nothing will be sent",
+            code="edition.cancelled",
+            edition_id=edition.id,
+        )
     if edition.status is EditionStatus.HELD:
         raise StateError(
-            f"edition {edition.id} is held for review: "
-            f"release it with `newsletter edition release {edition.id}`"
+            f"edition {edition.id} is held for review",
+            code="edition.held",
+            edition_id=edition.id,
         )
     if edition.status is EditionStatus.PAUSED:
         raise StateError(
-            f"edition {edition.id} is paused: "
-            f"resume it with `newsletter send --resume {edition.id}`"
+            f"edition {edition.id} is paused", code="edition.paused", edition_id=edition.id
         )
     content = editions.freeze_content(session, edition=edition, settings=settings)
     queued = 0
@@ -488,7 +460,7 @@ def send_test(
     provider.check()
     edition = editions.get_edition(session, edition_id)
     content = editions.frozen_content(edition) or editions.render_edition(edition, settings)
-    render.check_or_raise(content)
+    render.check_or_raise(content, edition_id=edition.id)
     prepared = prepare(settings, edition, content)
     who = recipient(
         settings, delivery_id=None, email=email, name="", key="test", newsletter=edition.newsletter
@@ -508,7 +480,11 @@ def resume(session: Session, *, edition_id: int) -> Edition:
     """Allow a paused edition to send again (the caller then runs send_edition)."""
     edition = editions.get_edition(session, edition_id, for_update=True)
     if edition.status is not EditionStatus.PAUSED:
-        raise StateError(f"edition {edition_id} is {edition.status.value}, not paused")
+        raise StateError(
+            f"edition {edition_id} is {edition.status.value}, not paused",
+            code="edition.not_paused",
+            edition_id=edition_id,
+        )
     transition_edition(edition, EditionStatus.SENDING)
     return edition
 

@@ -268,7 +268,9 @@ def get_send(session: Session, send_id: int) -> ScheduledSend:
     """One scheduled send; NotFoundError if there is none."""
     send = session.get(ScheduledSend, send_id, populate_existing=True)
     if send is None:
-        raise NotFoundError(f"no scheduled send {send_id}")
+        raise NotFoundError(
+            f"no scheduled send {send_id}", code="scheduled_send.not_found", send_id=send_id
+        )
     return send
 
 

@@ -34,7 +34,11 @@ def make_provider(settings: Settings, name: str | None = None) -> Provider:
         from newsletter.delivery.providers.smtp import SMTPProvider
 
         return SMTPProvider.from_settings(settings)
-    raise ConfigError(f"delivery.provider {name!r} is not available in this build")
+    raise ConfigError(
+        f"delivery.provider {name!r} is not available in this build",
+        code="config.provider_unknown",
+        provider=name,
+    )
 
 
 @contextmanager

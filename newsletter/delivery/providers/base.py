@@ -27,61 +27,11 @@ says, which makes delivery exactly-once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import Protocol
 
-from newsletter.content.render import Personaliser, RecipientValues, RenderedEdition
+from newsletter.delivery.types import Outcome, OutcomeStatus, PreparedEdition, Recipient
 
-
-@dataclass(frozen=True)
-class PreparedEdition:
-    """Everything about an edition a provider needs, computed once per send."""
-
-    edition_id: int
-    newsletter: str
-    content: RenderedEdition
-    personaliser: Personaliser
-    from_name: str
-    from_address: str
-    reply_to: str | None
-    list_id: str
-    domain: str
-
-    @property
-    def subject(self) -> str:
-        return self.content.subject
-
-
-class Recipient(NamedTuple):
-    """One addressee; ``delivery_id`` is None for a test copy outside the ledger.
-
-    Tuples, not dataclasses: a million-recipient send creates a million of each.
-    """
-
-    delivery_id: int | None
-    email: str
-    name: str
-    unsubscribe_url: str
-    preferences_url: str
-    unsubscribe_mailto: str
-
-    @property
-    def values(self) -> RecipientValues:
-        return RecipientValues(
-            name=self.name,
-            unsubscribe_url=self.unsubscribe_url,
-            preferences_url=self.preferences_url,
-        )
-
-
-class Outcome(NamedTuple):
-    """What the provider did with one recipient."""
-
-    delivery_id: int | None
-    status: Literal["sent", "failed", "retry"]
-    message_id: str | None = None
-    error: str | None = None
-    retry_after: float | None = None
+__all__ = ["Outcome", "OutcomeStatus", "PreparedEdition", "Provider", "Recipient"]
 
 
 class Provider(Protocol):

@@ -1,7 +1,8 @@
 """The `outbox` provider: one .eml file per recipient in a folder.
 
-The embedded default and a first-class provider (not a mock): each message is the
-exact RFC 5322 message another provider would carry. Files are named after the
+The embedded default and a first-class provider (not a mock): each file holds the
+RFC 5322 message :mod:`newsletter.delivery.message` builds, byte for byte what the
+SMTP provider would carry (it adds only its DKIM signature). Files are named after the
 delivery, written to a temporary name and renamed, so a repeated delivery replaces
 its file rather than adding a copy and a crash never leaves half a message.
 """
@@ -11,12 +12,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from email import policy
 from pathlib import Path
 
-from newsletter.delivery.messages import build_message
-from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
+from newsletter.delivery.message import UnsendableRecipient, date_header, template_for
+from newsletter.delivery.types import Outcome, OutcomeStatus, PreparedEdition, Recipient
 from newsletter.errors import ProviderConfigError
+from newsletter.models import utcnow
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
 
@@ -54,20 +55,25 @@ class OutboxProvider:
     ) -> list[Outcome]:
         folder = self.folder(edition)
         folder.mkdir(parents=True, exist_ok=True)
+        template = template_for(edition)
+        date = date_header(utcnow())
         outcomes: list[Outcome] = []
         for r in recipients:
-            msg = build_message(edition, r)
+            try:
+                message_id, data = template.render(r, date=date)
+            except UnsendableRecipient as exc:
+                outcomes.append(Outcome(r.delivery_id, OutcomeStatus.FAILED, error=str(exc)))
+                continue
             path = self.path_for(edition, r)
             tmp = path.with_suffix(".tmp")
             try:
-                tmp.write_bytes(msg.as_bytes(policy=policy.SMTP))
+                tmp.write_bytes(data)
                 os.replace(tmp, path)
             except OSError as exc:
-                outcomes.append(
-                    Outcome(r.delivery_id, "retry", error=f"outbox write failed: {exc.strerror}")
-                )
+                error = f"outbox write failed: {exc.strerror}"
+                outcomes.append(Outcome(r.delivery_id, OutcomeStatus.RETRY, error=error))
                 continue
-            outcomes.append(Outcome(r.delivery_id, "sent", message_id=str(msg["Message-ID"])))
+            outcomes.append(Outcome(r.delivery_id, OutcomeStatus.SENT, message_id=message_id))
         return outcomes
 
     def check(self) -> None:

@@ -28,7 +28,6 @@ import sendgrid
 from python_http_client.exceptions import HTTPError
 
 from newsletter.config import PLACEHOLDER_SECRETS, Settings
-from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
 from newsletter.delivery.providers.sendgrid_request import (
     MAX_PERSONALIZATIONS,
     build_request,
@@ -36,6 +35,7 @@ from newsletter.delivery.providers.sendgrid_request import (
     retry_after,
     validate_request,
 )
+from newsletter.delivery.types import Outcome, OutcomeStatus, PreparedEdition, Recipient
 from newsletter.errors import ProviderConfigError
 
 MAX_SPLITS = 10  # 1000 → 1 recipient in ten halvings
@@ -180,7 +180,7 @@ class SendGridProvider:
         depth: int = 0,
     ) -> list[Outcome]:
         if attempt.too_large:
-            return _all(recipients, "failed", _TOO_LARGE)
+            return _all(recipients, OutcomeStatus.FAILED, _TOO_LARGE)
         body, included, outcomes = build_request(edition, recipients)
         if not included:
             return outcomes
@@ -193,7 +193,7 @@ class SendGridProvider:
         except HTTPError as exc:
             return outcomes + self._on_error(exc, edition, included, attempt, depth)
         except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
-            return outcomes + _all(included, "retry", self._transport_error(exc))
+            return outcomes + _all(included, OutcomeStatus.RETRY, self._transport_error(exc))
         if response.status_code != 202:
             return outcomes + self._unusable(
                 attempt,
@@ -203,7 +203,9 @@ class SendGridProvider:
             )
         attempt.accepted = True
         message_id = response.headers.get("X-Message-Id")
-        return outcomes + [Outcome(r.delivery_id, "sent", message_id=message_id) for r in included]
+        return outcomes + [
+            Outcome(r.delivery_id, OutcomeStatus.SENT, message_id=message_id) for r in included
+        ]
 
     def _transport_error(self, exc: BaseException) -> str:
         reason = exc.reason if isinstance(exc, URLError) else exc
@@ -221,7 +223,7 @@ class SendGridProvider:
         202 for an earlier part (a 413 half, a 400 re-post) would send that part twice.
         """
         if attempt.accepted:
-            return _all(included, "retry", reason)
+            return _all(included, OutcomeStatus.RETRY, reason)
         raise ProviderConfigError(reason) from None
 
     def _on_error(
@@ -248,18 +250,24 @@ class SendGridProvider:
                 first = self._deliver(edition, included[:half], attempt, depth=depth + 1)
                 return first + self._deliver(edition, included[half:], attempt, depth=depth + 1)
             attempt.too_large = True  # the edition alone is too large: stop splitting
-            return _all(included, "failed", _TOO_LARGE)
+            return _all(included, OutcomeStatus.FAILED, _TOO_LARGE)
         if code == 429:
             wait = retry_after(exc.headers, now=self._clock())
             note = f"; retry in {wait:.0f} s" if wait is not None else ""
-            return _all(included, "retry", f"rate limited by SendGrid (429){note}", wait)
+            return _all(
+                included, OutcomeStatus.RETRY, f"rate limited by SendGrid (429){note}", wait
+            )
         message = _error_text(exc)
         if code == 400:
             named = {i: m for i, m in _field_errors(exc).items() if i < len(included)}
             if named and not attempt.reposted:
                 attempt.reposted = True
                 failed = [
-                    Outcome(r.delivery_id, "failed", error=f"SendGrid rejected (400): {named[i]}")
+                    Outcome(
+                        r.delivery_id,
+                        OutcomeStatus.FAILED,
+                        error=f"SendGrid rejected (400): {named[i]}",
+                    )
                     for i, r in enumerate(included)
                     if i in named
                 ]
@@ -267,10 +275,14 @@ class SendGridProvider:
                 if others:
                     failed += self._deliver(edition, others, attempt, depth=depth)
                 return failed
-            return _all(included, "failed", f"SendGrid rejected the request (400): {message}")
+            return _all(
+                included, OutcomeStatus.FAILED, f"SendGrid rejected the request (400): {message}"
+            )
         if code >= 500 or code in (408, 425):
-            return _all(included, "retry", f"SendGrid answered {code}: {message}")
-        return _all(included, "failed", f"SendGrid rejected the request ({code}): {message}")
+            return _all(included, OutcomeStatus.RETRY, f"SendGrid answered {code}: {message}")
+        return _all(
+            included, OutcomeStatus.FAILED, f"SendGrid rejected the request ({code}): {message}"
+        )
 
 
 @dataclass
@@ -283,6 +295,6 @@ class _Attempt:
 
 
 def _all(
-    recipients: Sequence[Recipient], status: Any, error: str, wait: float | None = None
+    recipients: Sequence[Recipient], status: OutcomeStatus, error: str, wait: float | None = None
 ) -> list[Outcome]:
     return [Outcome(r.delivery_id, status, error=error, retry_after=wait) for r in recipients]

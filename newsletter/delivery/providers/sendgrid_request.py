@@ -11,9 +11,10 @@ Escaping: SendGrid applies a personalization's substitutions to every part alike
 The name is the one value people type, so the HTML part gets its own placeholder
 (``%%NAME_HTML%%``, rewritten once per edition) with the HTML-escaped name, and the
 text part keeps ``%%NAME%%`` with the name as typed (O'Brien stays O'Brien in text).
-The two URLs share one placeholder and are sent HTML-escaped: safe in the HTML
-attributes they sit in, and unchanged in text for our links (site base URL plus a
-URL-safe token; only a URL containing & < > " ' would show an entity in text).
+The two URLs share one placeholder: our links (the site's base URL, which may hold
+none of & < > " ', plus a URL-safe token) read the same escaped or not, and a
+recipient whose links would not is refused rather than shown an entity in text.
+Every value comes from :mod:`newsletter.delivery.personalise`.
 A ``to`` name with , or ; is sent as a quoted string (SendGrid drops it otherwise).
 
 Speed: the constant part of the body is serialised once per edition and each
@@ -30,7 +31,6 @@ maps the answers (:func:`retry_after` reads their rate-limit headers).
 from __future__ import annotations
 
 import functools
-import html
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -38,9 +38,10 @@ from email.utils import parsedate_to_datetime
 from json.encoder import encode_basestring as _json_str  # C-accelerated, no ASCII escaping
 from typing import Any
 
-from newsletter.content.render import NAME, PREFERENCES_URL, UNSUBSCRIBE_URL, display_name
-from newsletter.delivery.messages import ONE_CLICK, list_unsubscribe
-from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
+from newsletter.content.types import NAME, PREFERENCES_URL, UNSUBSCRIBE_URL
+from newsletter.delivery.message import ONE_CLICK, list_unsubscribe
+from newsletter.delivery.personalise import display_name, html_values, text_values
+from newsletter.delivery.types import Outcome, OutcomeStatus, PreparedEdition, Recipient
 from newsletter.errors import ProviderConfigError
 
 MAX_PERSONALIZATIONS = 1000
@@ -284,7 +285,6 @@ def build_request(
         ]
     )
     names_plain = _plain([r.name for r in recipients], _UNPLAIN_NAMES)
-    esc = html.escape
     js = _json_str
     edition_js = f'"{edition.edition_id}"'
     parts: list[str] = []
@@ -295,32 +295,38 @@ def build_request(
         key = r.email.lower()
         if key in seen:
             error = f"same address as delivery {seen[key]} in one request; not sent twice"
-            rejected.append(Outcome(r.delivery_id, "failed", error=error))
+            rejected.append(Outcome(r.delivery_id, OutcomeStatus.FAILED, error=error))
             continue
         seen[key] = r.delivery_id
-        shown = display_name(r.name)
+        if names_plain and links_plain:
+            # Nothing to escape: the engine's text and HTML values are the same.
+            shown, unsub, prefs = display_name(r.name), r.unsubscribe_url, r.preferences_url
+            shown_html = shown
+        else:
+            shown, unsub, prefs = text_values(r.values)
+            shown_html, unsub_html, prefs_html = html_values(r.values)
+            if (unsub_html, prefs_html) != (unsub, prefs):
+                # One substitution serves both parts, so a link must read the same.
+                error = "unsubscribe or preferences link needs HTML escaping"
+                rejected.append(Outcome(r.delivery_id, OutcomeStatus.FAILED, error=error))
+                continue
         if names_plain:
             shown_js = shown_html_js = to_js = f'"{shown}"'
         else:
             shown_js = js(shown)
-            shown_html = esc(shown)
             shown_html_js = shown_js if shown_html == shown else js(shown_html)
             to_name = _to_name(shown)
             to_js = shown_js if to_name == shown else js(to_name)
-        if links_plain:
-            unsub, prefs = r.unsubscribe_url, r.preferences_url
-        else:
-            unsub, prefs = esc(r.unsubscribe_url), esc(r.preferences_url)
         if len(shown) + len(unsub) + len(prefs) > _LONG:
             subs = {
                 NAME: shown,
-                NAME_HTML: esc(shown),
+                NAME_HTML: shown_html,
                 UNSUBSCRIBE_URL: unsub,
                 PREFERENCES_URL: prefs,
             }
             if (size := _bytes(subs)) > MAX_SUBSTITUTIONS_BYTES:
                 error = f"substitutions are {size} bytes, over SendGrid's 10,000-byte limit"
-                rejected.append(Outcome(r.delivery_id, "failed", error=error))
+                rejected.append(Outcome(r.delivery_id, OutcomeStatus.FAILED, error=error))
                 continue
         # No "name" when it is blank (the greeting still says "there").
         to_name = f',"name":{to_js}' if r.name and not r.name.isspace() else ""

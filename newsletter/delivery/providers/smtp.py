@@ -28,24 +28,24 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Literal
 
 from newsletter.config import Settings
-from newsletter.delivery.mime import (
-    DKIMSigner,
+from newsletter.delivery.message import (
     MessageTemplate,
     UnsendableRecipient,
+    date_header,
     dot_stuff,
+    template_for,
 )
-from newsletter.delivery.providers.base import Outcome, PreparedEdition, Recipient
+from newsletter.delivery.providers.dkim import DKIMSigner
+from newsletter.delivery.types import Outcome, OutcomeStatus, PreparedEdition, Recipient
 from newsletter.errors import ProviderConfigError, ProviderError
 
 log = logging.getLogger(__name__)
 
 Security = Literal["none", "starttls", "tls"]
 _VERP = re.compile(r"^[^@+]+\+(\d+)@")
-_TEMPLATES_KEPT = 4
 
 
 def verp_address(base: str, delivery_id: int | None) -> str:
@@ -193,7 +193,6 @@ class SMTPProvider:
             self._idle.put(None)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._templates: dict[int, MessageTemplate] = {}
         self._date: tuple[int, bytes] = (0, b"")
 
     @classmethod
@@ -351,21 +350,13 @@ class SMTPProvider:
         return self.return_path or edition.from_address
 
     def _template(self, edition: PreparedEdition) -> MessageTemplate:
-        key = id(edition)
-        with self._lock:
-            template = self._templates.get(key)
-            if template is None or template.edition is not edition:
-                template = MessageTemplate(edition)
-                self._templates[key] = template
-                while len(self._templates) > _TEMPLATES_KEPT:
-                    del self._templates[next(iter(self._templates))]
-            return template
+        return template_for(edition)
 
     def _date_header(self) -> bytes:
         now = int(time.time())
         second, value = self._date
         if second != now:
-            value = format_datetime(datetime.fromtimestamp(now, UTC)).encode("ascii")
+            value = date_header(datetime.fromtimestamp(now, UTC))
             self._date = (now, value)
         return value
 
@@ -407,12 +398,14 @@ class SMTPProvider:
                 future.result()
         else:
             self._work(job)
-        sent = sum(1 for o in job.outcomes if o is not None and o.status == "sent")
+        sent = sum(1 for o in job.outcomes if o is not None and o.status is OutcomeStatus.SENT)
         if job.config_error is not None and not sent:
             raise job.config_error
         reason = str(job.config_error) if job.config_error else job.last_error
         return [
-            o if o is not None else Outcome(r.delivery_id, "retry", error=reason or "not attempted")
+            o
+            if o is not None
+            else Outcome(r.delivery_id, OutcomeStatus.RETRY, error=reason or "not attempted")
             for o, r in zip(job.outcomes, recipients, strict=True)
         ]
 
@@ -440,7 +433,9 @@ class SMTPProvider:
                 outcome, conn = self._deliver(conn, job, recipient)
                 if outcome is None:  # stale pooled connection, nothing sent: once more
                     if redo:
-                        outcome = Outcome(recipient.delivery_id, "retry", error=job.last_error)
+                        outcome = Outcome(
+                            recipient.delivery_id, OutcomeStatus.RETRY, error=job.last_error
+                        )
                     else:
                         job.items.appendleft((index, recipient, True))
                         continue
@@ -456,7 +451,7 @@ class SMTPProvider:
         try:
             message_id, wire = self.message(job.template.edition, recipient, stuffed=True)
         except UnsendableRecipient as exc:
-            return Outcome(did, "failed", error=str(exc)), conn
+            return Outcome(did, OutcomeStatus.FAILED, error=str(exc)), conn
         sender = self.envelope_sender(job.template.edition, recipient)
         reused = conn.used
         try:
@@ -466,9 +461,9 @@ class SMTPProvider:
             job.last_error = str(exc)
             if exc.before_content and reused:
                 return None, None
-            return Outcome(did, "retry", error=str(exc)), None
+            return Outcome(did, OutcomeStatus.RETRY, error=str(exc)), None
         if stage == "end of data" and code == 250:
-            return Outcome(did, "sent", message_id=message_id), conn
+            return Outcome(did, OutcomeStatus.SENT, message_id=message_id), conn
         error = f"{reply} (at {stage})"
         live: _Connection | None = conn
         if code == 421 or conn.closed:  # the server is closing the session (or we did)
@@ -485,6 +480,6 @@ class SMTPProvider:
                 job.config_error = job.config_error or ProviderConfigError(
                     f"{self._where} rejected the envelope sender <{sender}>: {error}"
                 )
-            return Outcome(did, "retry", error=error), live
-        status: Literal["failed", "retry"] = "failed" if code >= 500 else "retry"
+            return Outcome(did, OutcomeStatus.RETRY, error=error), live
+        status = OutcomeStatus.FAILED if code >= 500 else OutcomeStatus.RETRY
         return Outcome(did, status, error=error), live

@@ -1,5 +1,10 @@
-"""A MIME message encoded once per edition, personalised per recipient in bytes,
-and DKIM-signed (dkimpy) as the final bytes.
+"""The one message builder: the RFC 5322 message of one edition for one recipient.
+
+Every newsletter email carries From, To, Subject, Date, Message-ID, List-Id,
+List-Unsubscribe (the one-click https URL and a mailto, as plain ``<URI>`` values)
+and List-Unsubscribe-Post (RFC 8058), then a text/plain and a text/html part.
+The outbox writes these bytes to its files and the SMTP provider sends them
+(after its DKIM signature), so the two carry byte for byte the same message.
 
 Building an ``email.message`` per recipient costs ~2.7 ms; this template costs a
 few tens of µs: the headers and both bodies are encoded once, split at the
@@ -27,24 +32,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from typing import Literal
+from email.utils import format_datetime
 
-import dkim
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from newsletter.content.types import PLACEHOLDERS
+from newsletter.delivery.personalise import html_values, split, text_values
+from newsletter.delivery.types import PreparedEdition, Recipient
 
-from newsletter.content.render import PLACEHOLDERS, substitution_values
-from newsletter.delivery import messages
-from newsletter.delivery.providers.base import PreparedEdition, Recipient
-from newsletter.errors import ProviderConfigError
+ONE_CLICK = "List-Unsubscribe=One-Click"
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
@@ -56,7 +58,6 @@ _TEXT = 4  # + PLACEHOLDERS.index(placeholder)
 _HTML = _TEXT + len(PLACEHOLDERS)
 _SLOTS = _HTML + len(PLACEHOLDERS)
 
-_SPLIT = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS) + ")")
 _FROM_LINE = re.compile(rb"(^|\n)From ")
 # A display name that can go out as it is: atoms separated by single spaces.
 # "=" and "?" are left out so nothing in it can look like an encoded word.
@@ -65,6 +66,22 @@ _PLAIN_PHRASE_MAX = 64
 _ENCODED_WORD_BYTES = 45  # 60 base64 characters + 12 = 72-character encoded words
 _BAD_ADDRESS = re.compile(r"[\x00-\x20<>()\[\]\\,;:\"\x7f]")
 _BAD_URI = re.compile(r"[\x00-\x20<>\x7f]")
+
+
+def message_id(edition: PreparedEdition, recipient: Recipient) -> str:
+    """A unique Message-ID naming the edition and delivery, e.g. <e12.d345.ab12@domain>."""
+    who = f"d{recipient.delivery_id}" if recipient.delivery_id is not None else "test"
+    return f"<e{edition.edition_id}.{who}.{secrets.token_hex(6)}@{edition.domain}>"
+
+
+def list_unsubscribe(recipient: Recipient) -> str:
+    """The List-Unsubscribe value: the one-click https URL first, then the mailto."""
+    return f"<{recipient.unsubscribe_url}>, <{recipient.unsubscribe_mailto}>"
+
+
+def date_header(when: datetime) -> bytes:
+    """The value of a Date header for ``when`` (RFC 5322, to the second)."""
+    return format_datetime(when.replace(microsecond=0)).encode("ascii")
 
 
 class UnsendableRecipient(ValueError):
@@ -138,7 +155,7 @@ def list_unsubscribe_header(recipient: Recipient) -> bytes:
             raise UnsendableRecipient(f"unsubscribe link {uri!r} is not a plain ASCII URI")
         if len(uri) > MAX_LINE - 10:
             raise UnsendableRecipient(f"unsubscribe link is {len(uri)} characters, too long")
-    value = messages.list_unsubscribe(recipient).encode("ascii")
+    value = list_unsubscribe(recipient).encode("ascii")
     if len(value) <= 60:
         return b"List-Unsubscribe: " + value + CRLF
     return b"List-Unsubscribe: <" + https.encode() + b">,\r\n <" + mailto.encode() + b">" + CRLF
@@ -172,7 +189,7 @@ class _Builder:
             if number:
                 self.literal(CRLF)
             first = True
-            for index, piece in enumerate(_SPLIT.split(line)):
+            for index, piece in enumerate(split(line)):
                 if not piece:
                     continue
                 if not first:
@@ -194,9 +211,9 @@ def _header(name: str, value: str | Address) -> bytes:
 class MessageTemplate:
     """One edition's message with slots; :meth:`render` fills in one recipient.
 
-    Header order follows :func:`newsletter.messages.build_message`: From, To,
-    Reply-To, Subject, Date, Message-ID, List-Id, List-Unsubscribe,
-    List-Unsubscribe-Post, then multipart/alternative with text/plain first.
+    Header order: From, To, Reply-To, Subject, Date, Message-ID, List-Id,
+    List-Unsubscribe, List-Unsubscribe-Post, then multipart/alternative with
+    text/plain first.
     """
 
     __slots__ = ("_parts", "_slots", "_stuffed", "boundary", "edition")
@@ -214,7 +231,7 @@ class MessageTemplate:
         b.slot(MESSAGE_ID)
         b.literal(_header("List-Id", edition.list_id))
         b.slot(LIST_UNSUBSCRIBE)
-        b.literal(b"List-Unsubscribe-Post: " + messages.ONE_CLICK.encode() + CRLF)
+        b.literal(b"List-Unsubscribe-Post: " + ONE_CLICK.encode() + CRLF)
         b.literal(b"MIME-Version: 1.0\r\n")
         b.literal(b'Content-Type: multipart/alternative; boundary="' + self.boundary + b'"\r\n')
         for subtype, body, base in (
@@ -259,114 +276,21 @@ class MessageTemplate:
         ``stuffed`` returns the bytes dot-stuffed for SMTP DATA (see :meth:`fill`).
         Raises UnsendableRecipient when the address or links cannot be encoded.
         """
-        message_id = messages.message_id(self.edition, recipient)
-        text = substitution_values(recipient.values, html=False)
-        html = substitution_values(recipient.values, html=True)
+        message_id_ = message_id(self.edition, recipient)
+        text = text_values(recipient.values)
+        html = html_values(recipient.values)
         values: list[bytes] = [b""] * _SLOTS
         values[TO] = mailbox_header(b"To", recipient.name, recipient.email)
         values[DATE] = b"Date: " + date + CRLF
-        values[MESSAGE_ID] = b"Message-ID: " + message_id.encode("ascii") + CRLF
+        values[MESSAGE_ID] = b"Message-ID: " + message_id_.encode("ascii") + CRLF
         values[LIST_UNSUBSCRIBE] = list_unsubscribe_header(recipient)
-        for index, placeholder in enumerate(PLACEHOLDERS):
-            values[_TEXT + index] = qp_encode(text[placeholder])
-            values[_HTML + index] = qp_encode(html[placeholder])
-        return message_id, self.fill(values, stuffed=stuffed)
+        for index in range(len(PLACEHOLDERS)):
+            values[_TEXT + index] = qp_encode(text[index])
+            values[_HTML + index] = qp_encode(html[index])
+        return message_id_, self.fill(values, stuffed=stuffed)
 
 
-# ----- DKIM -------------------------------------------------------------------
-
-#: Signed header fields: the brief's required set plus the ones that shape the body.
-DKIM_HEADERS = (
-    "From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe",
-    "List-Unsubscribe-Post", "List-Id", "Reply-To", "MIME-Version", "Content-Type",
-)  # fmt: skip
-DKIMAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
-_KEY_ENV = "NEWSLETTER_DKIM_PRIVATE_KEY"
-
-
-def _dkimpy_key(text: str, algorithm: DKIMAlgorithm) -> bytes:
-    """The key in the form dkimpy wants: PKCS#1 PEM (RSA), base64 32-byte seed (ed25519).
-
-    Accepts any unencrypted PEM private key (PKCS#1 or PKCS#8) and, for ed25519,
-    also the base64 seed that ``dknewkey --ktype ed25519`` writes.
-    """
-    if "\\n" in text and "\n" not in text.strip():  # a PEM squeezed onto one env line
-        text = text.replace("\\n", "\n")
-    data = text.strip().encode()
-    key = None
-    if data.startswith(b"-----BEGIN"):
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            raise ProviderConfigError(
-                f"{_KEY_ENV} is not a readable, unencrypted PEM private key"
-            ) from None
-    if algorithm == "rsa-sha256":
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ProviderConfigError(
-                f"{_KEY_ENV} must be an RSA private key in PEM for rsa-sha256"
-            )
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    if key is not None:
-        if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise ProviderConfigError(f"{_KEY_ENV} must be an Ed25519 key for ed25519-sha256")
-        seed = key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-    else:
-        try:
-            seed = base64.b64decode(data, validate=True)
-        except ValueError:
-            seed = b""
-        if len(seed) != 32:
-            raise ProviderConfigError(
-                f"{_KEY_ENV} must be an Ed25519 PEM key or a base64 32-byte seed for ed25519-sha256"
-            )
-    try:
-        import nacl.signing  # noqa: F401  (dkimpy signs ed25519 with PyNaCl)
-    except ImportError:
-        raise ProviderConfigError(
-            "ed25519-sha256 DKIM signing needs PyNaCl (pip install 'dkimpy[ed25519]')"
-        ) from None
-    return base64.b64encode(seed)
-
-
-@dataclass(frozen=True)
-class DKIMSigner:
-    """Signs final message bytes with dkimpy (relaxed/simple canonicalisation)."""
-
-    selector: str
-    domain: str
-    algorithm: DKIMAlgorithm
-    key: bytes = field(repr=False)
-
-    @classmethod
-    def load(
-        cls, *, selector: str, domain: str, private_key: str, algorithm: DKIMAlgorithm
-    ) -> DKIMSigner:
-        """Check and convert the key once; raises ProviderConfigError (never shows the key)."""
-        signer = cls(selector, domain, algorithm, _dkimpy_key(private_key, algorithm))
-        try:
-            signer.sign(b"From: check@" + domain.encode() + b"\r\n\r\ncheck\r\n")
-        except dkim.DKIMException as exc:
-            raise ProviderConfigError(f"DKIM signing with {_KEY_ENV} failed: {exc}") from None
-        return signer
-
-    def sign(self, message: bytes) -> bytes:
-        """The ``DKIM-Signature:`` header (CRLF-terminated) to put before ``message``."""
-        signature: bytes = dkim.sign(
-            message,
-            self.selector.encode(),
-            self.domain.encode(),
-            self.key,
-            signature_algorithm=self.algorithm.encode(),
-            include_headers=[h.encode() for h in DKIM_HEADERS],
-            canonicalize=(b"relaxed", b"simple"),
-        )
-        return signature
+@functools.lru_cache(maxsize=8)
+def template_for(edition: PreparedEdition) -> MessageTemplate:
+    """The edition's template, built once per prepared edition (a send shares one)."""
+    return MessageTemplate(edition)
