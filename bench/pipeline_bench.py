@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from newsletter import db, stories  # noqa: E402
+from newsletter import db  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
-from newsletter.content import editions, render  # noqa: E402
+from newsletter.content import editions, render, stories  # noqa: E402
 from tests.conftest import write_config  # noqa: E402
 
 

@@ -7,7 +7,7 @@ seeding is not timed), builds an edition, starts the recording SendGrid server
 every recipient accepted by the server and logged in the ledger. Peak RSS is read
 from /proc for the sender and its helper processes. In the same run, the naive way
 on a slice (default 10,000): render Jinja + MJML and build an email.message per
-recipient, one API call per recipient.
+recipient (bench/baseline.py), one API call per recipient.
 
     .venv/bin/python bench/send_bench.py [--subscribers 1000000] [--naive 10000]
 """
@@ -30,10 +30,14 @@ from sqlalchemy import func, insert, select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from newsletter import db, sender  # noqa: E402
+from baseline import build_message  # noqa: E402  (bench/baseline.py)
+
+from newsletter import db  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
 from newsletter.content import editions  # noqa: E402
-from newsletter.delivery import messages  # noqa: E402
+from newsletter.delivery.links import recipient  # noqa: E402
+from newsletter.delivery.personalise import Personaliser  # noqa: E402
+from newsletter.delivery.sender import prepare  # noqa: E402
 from newsletter.models import (  # noqa: E402
     Delivery,
     DeliveryStatus,
@@ -180,11 +184,11 @@ def naive(cfg: Path, edition_id: int, url: str, count: int) -> float:
     started = time.perf_counter()
     for email, name, key in people:
         content = editions.render_edition(edition, settings)  # Jinja + MJML each time
-        prepared = sender.prepare(settings, edition, content)
-        who = sender.recipient(
+        prepared = prepare(settings, edition, content)
+        who = recipient(
             settings, delivery_id=None, email=email, name=name, key=key, newsletter="daily-briefing"
         )
-        msg = messages.build_message(prepared, who)
+        msg = build_message(prepared, Personaliser(content), who)
         html = msg.get_body(("html",))
         text = msg.get_body(("plain",))
         assert html is not None and text is not None

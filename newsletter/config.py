@@ -11,6 +11,7 @@ password, DKIM key) are read from the environment only.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import tomllib
@@ -28,7 +29,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from newsletter.errors import ConfigError
 
@@ -135,14 +141,33 @@ class DeliverySettings(_Section):
     outbox_dir: str = "var/outbox"
     batch_size: int = Field(default=1000, ge=1, le=1000)
     lease_seconds: int = Field(default=300, ge=1)
-    max_attempts: int = Field(default=5, ge=1)
+    # Transient faults are retried (backoff with jitter) until the retry window
+    # closes, never past the newsletter's stale_after; max_attempts is only a
+    # safety cap on provider calls per recipient.
+    retry_window: str = "2h"
+    max_attempts: int = Field(default=50, ge=1)
     retry_base_seconds: float = Field(default=2.0, ge=0)
+    # Every batch failing transiently for this long pauses the send (a provider outage).
+    outage_seconds: float = Field(default=300.0, gt=0)
+    # Runners heartbeat this often; one silent for 4 heartbeats is taken for dead.
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
     rate_per_second: float | None = Field(default=None, gt=0)
     concurrency: int = Field(default=1, ge=1, le=32)
     processes: int = Field(default=1, ge=1, le=16)
     uncertain: Literal["skip", "resend"] = "skip"
     sendgrid: SendGridSettings = SendGridSettings()
     smtp: SMTPSettings = SMTPSettings()
+
+    @field_validator("retry_window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        _duration(v, "retry_window")
+        return v
+
+    @property
+    def retry_delay(self) -> dt.timedelta:
+        """``retry_window`` parsed."""
+        return _duration(self.retry_window, "retry_window")
 
 
 class SchedulerSettings(_Section):
@@ -236,16 +261,22 @@ def _clock(value: str, what: str) -> dt.time:
     raise ValueError(f"{what} {value!r} is not a time of day HH:MM")
 
 
+def _duration(value: str, what: str, *, least: str = "1s") -> dt.timedelta:
+    """``"90s"``, ``"90m"`` or ``"2h"``: between ``least`` and 7 days."""
+    match = re.fullmatch(r"(\d+)\s*([smh])", value.strip())
+    if not match:
+        raise ValueError(f"{what} {value!r} is not a duration like 90s, 30m or 2h")
+    amount, unit = int(match.group(1)), match.group(2)
+    delay = dt.timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours"}[unit]: amount})
+    floor = dt.timedelta(minutes=1) if least == "1m" else dt.timedelta(seconds=1)
+    if not floor <= delay <= dt.timedelta(days=7):
+        raise ValueError(f"{what} {value!r} must be between {least} and 168h")
+    return delay
+
+
 def _deadline(value: str) -> dt.time | dt.timedelta:
-    match = re.fullmatch(r"(\d+)\s*([mh])", value.strip())
-    if match:
-        amount = int(match.group(1))
-        delay = (
-            dt.timedelta(minutes=amount) if match.group(2) == "m" else dt.timedelta(hours=amount)
-        )
-        if not dt.timedelta(minutes=1) <= delay <= dt.timedelta(days=7):
-            raise ValueError(f"stale_after {value!r} must be between 1m and 168h")
-        return delay
+    if re.fullmatch(r"(\d+)\s*([mh])", value.strip()):
+        return _duration(value, "stale_after", least="1m")
     try:
         return _clock(value, "stale_after")
     except ValueError:
@@ -369,6 +400,35 @@ def _format_validation_error(exc: ValidationError, source: Path) -> str:
     return f"invalid setting {loc} in {origin}: {msg}{more}"
 
 
+def _format_settings_error(exc: SettingsError) -> str:
+    """One line naming the environment variable behind a SettingsError.
+
+    pydantic-settings names only the top-level field ("delivery"); the variable may be
+    ``NEWSLETTER_DELIVERY`` or a nested ``NEWSLETTER_DELIVERY__SMTP`` holding bad JSON.
+    """
+    match = re.search(r'field "(\w+)"', str(exc))
+    field = match.group(1) if match else ""
+    prefix = (ENV_PREFIX + field).upper()
+    names = sorted(
+        n for n in os.environ if n.upper() == prefix or n.upper().startswith(prefix + "__")
+    )
+    bad = [n for n in names if not _is_json(os.environ[n])] or names
+    name = bad[0] if bad else prefix
+    cause = exc.__cause__
+    reason = f" ({cause})" if isinstance(cause, ValueError) else ""
+    return (
+        f"environment variable {name} is not valid JSON{reason}; set one key with {name}__KEY=value"
+    )
+
+
+def _is_json(value: str) -> bool:
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
+
+
 def config_path(explicit: str | Path | None = None) -> Path:
     """The config file to read: --config, then NEWSLETTER_CONFIG, then ./config.toml."""
     if explicit:
@@ -425,5 +485,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+    except SettingsError as exc:  # an environment value pydantic-settings cannot decode
+        raise ConfigError(_format_settings_error(exc), code="config.environment") from None
     _check_secrets(settings)
     return settings

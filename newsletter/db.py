@@ -31,10 +31,28 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine for ``url``; a SQLite file's folder is created if missing."""
+    """Create an engine for ``url``; a SQLite file's folder is created if missing.
+
+    Raises ConfigError for a bad URL, a missing driver, or a SQLite folder that
+    cannot be created (under a file, in /proc, no permission)."""
     try:
         if url.startswith("sqlite:///") and ":memory:" not in url:
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(url.removeprefix("sqlite:///")).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                # mkdir says "File exists" when a file is in the way: name that file.
+                there = next((p for p in (folder, *folder.parents) if p.exists()), None)
+                why = (
+                    f"{there} is a file, not a folder"
+                    if there is not None and not there.is_dir()
+                    else exc.strerror or str(exc)
+                )
+                raise ConfigError(
+                    f"database.url: cannot create the SQLite database's folder {folder}: {why}",
+                    code="config.database_folder",
+                    path=str(folder),
+                ) from None
         engine = create_engine(url, **kwargs)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise ConfigError(f"invalid database.url: {exc}") from None

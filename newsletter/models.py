@@ -78,13 +78,13 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-def _enum(cls: type[enum.Enum]) -> Enum:
+def _enum(cls: type[enum.Enum], length: int = 16) -> Enum:
     # Stored as plain strings so SQLite and PostgreSQL behave the same and new
     # states need no ALTER TYPE.
     return Enum(
         cls,
         native_enum=False,
-        length=16,
+        length=length,
         values_callable=lambda e: [m.value for m in e],
         validate_strings=True,
     )
@@ -124,13 +124,28 @@ class EditionKind(enum.StrEnum):
 
 
 class DeliveryStatus(enum.StrEnum):
+    """Where one (edition, subscriber) row stands; see ``newsletter/delivery/ledger.py``."""
+
     QUEUED = "queued"
-    SENDING = "sending"
-    SENT = "sent"
-    FAILED = "failed"
-    RETRY = "retry"
-    UNCERTAIN = "uncertain"
+    SENDING = "sending"  # claimed by a runner, in the provider's hands
+    SENT = "sent"  # the provider accepted it
+    FAILED = "failed"  # not delivered; more attempts will not help (``failure`` says why)
+    RETRY = "retry"  # a passing fault: claimed again after ``not_before``
+    UNCERTAIN = "uncertain"  # may have been accepted; we cannot know
     CANCELLED = "cancelled"
+    # What the provider reports after accepting it (the events wing moves these).
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+class DeliveryFailure(enum.StrEnum):
+    """Why a delivery failed: only ``recipient`` is that reader's own fault."""
+
+    RECIPIENT = "recipient"  # refused for this address alone (400 naming it, SMTP 5xx)
+    EXPIRED = "expired"  # its retry window closed (or the attempts cap was reached)
+    STOPPED = "stopped"  # the send stopped: every batch failed alike (the message, the account)
 
 
 EDITION_TRANSITIONS: dict[EditionStatus, set[EditionStatus]] = {
@@ -149,22 +164,49 @@ SUBSCRIPTION_TRANSITIONS: dict[SubscriptionStatus, set[SubscriptionStatus]] = {
 }
 
 # Delivery rows move in bulk (UPDATE ... WHERE status IN ...); the ledger in
-# outbox.py only issues moves listed here.
+# newsletter/delivery/ledger.py takes every WHERE clause from this table.
 DELIVERY_TRANSITIONS: dict[DeliveryStatus, set[DeliveryStatus]] = {
     DeliveryStatus.QUEUED: {DeliveryStatus.SENDING, DeliveryStatus.CANCELLED},
-    DeliveryStatus.RETRY: {DeliveryStatus.SENDING, DeliveryStatus.CANCELLED},
+    DeliveryStatus.RETRY: {
+        DeliveryStatus.SENDING,
+        DeliveryStatus.CANCELLED,
+        DeliveryStatus.QUEUED,  # an operator's requeue: a fresh retry window
+        DeliveryStatus.FAILED,  # its retry window closed while it waited
+    },
     DeliveryStatus.SENDING: {
         DeliveryStatus.SENT,
         DeliveryStatus.FAILED,
         DeliveryStatus.RETRY,
         DeliveryStatus.UNCERTAIN,
-        DeliveryStatus.QUEUED,
+        DeliveryStatus.QUEUED,  # handed back untouched: the provider took none of it
     },
     DeliveryStatus.UNCERTAIN: {DeliveryStatus.QUEUED, DeliveryStatus.CANCELLED},
-    DeliveryStatus.SENT: set(),
+    DeliveryStatus.SENT: {
+        DeliveryStatus.DEFERRED,
+        DeliveryStatus.DELIVERED,
+        DeliveryStatus.BOUNCED,
+        DeliveryStatus.COMPLAINED,
+    },
+    DeliveryStatus.DEFERRED: {
+        DeliveryStatus.DELIVERED,
+        DeliveryStatus.BOUNCED,
+        DeliveryStatus.COMPLAINED,
+    },
+    DeliveryStatus.DELIVERED: {DeliveryStatus.BOUNCED, DeliveryStatus.COMPLAINED},
+    DeliveryStatus.BOUNCED: {DeliveryStatus.COMPLAINED},
+    DeliveryStatus.COMPLAINED: set(),
     DeliveryStatus.FAILED: {DeliveryStatus.QUEUED},  # an operator's requeue
     DeliveryStatus.CANCELLED: set(),
 }
+
+#: Statuses at or after the provider's acceptance.
+ACCEPTED = (
+    DeliveryStatus.SENT,
+    DeliveryStatus.DEFERRED,
+    DeliveryStatus.DELIVERED,
+    DeliveryStatus.BOUNCED,
+    DeliveryStatus.COMPLAINED,
+)
 
 
 class Subscriber(Base):
@@ -280,6 +322,9 @@ class Edition(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     send_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     send_finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Why the edition is held or paused: the hold's reason; for a pause, None when
+    # staff paused it, else the send's own ("outage: ..."), which the scheduler lifts.
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     items: Mapped[list[EditionStory]] = relationship(
         back_populates="edition",
@@ -339,6 +384,11 @@ class Delivery(Base):
     provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
     provider_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failure: Mapped[DeliveryFailure | None] = mapped_column(_enum(DeliveryFailure), nullable=True)
+    # The runner holding the claim (see Runner), so a dead one's claims are found at once.
+    runner_id: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    # Transient faults are retried until this instant (delivery.retry_window).
+    retry_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -355,6 +405,49 @@ class SendEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Runner(Base):
+    """A process sending deliveries: it heartbeats, and its claims name it."""
+
+    __tablename__ = "runners"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SendState(Base):
+    """The state of one edition's send that every runner shares, on any machine.
+
+    Which provider is in use (failover), how many batches in a row failed
+    transiently and since when (the outage pause), how many failed outright for
+    one reason (the failure guard), and why the send stopped, if it did.
+    """
+
+    __tablename__ = "send_states"
+
+    edition_id: Mapped[int] = mapped_column(
+        ForeignKey("editions.id", ondelete="CASCADE"), primary_key=True
+    )
+    provider: Mapped[str] = mapped_column(String(32))
+    transient_batches: Mapped[int] = mapped_column(Integer, default=0)
+    transient_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    failing_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failing_batches: Mapped[int] = mapped_column(Integer, default=0)
+    stopped: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Pacing(Base):
+    """A shared rate limit (GCRA): the theoretical arrival time of the next message."""
+
+    __tablename__ = "pacing"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tat: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 def transition_edition(edition: Edition, new: EditionStatus) -> None:
@@ -392,6 +485,24 @@ def delivery_sources(new: DeliveryStatus) -> list[DeliveryStatus]:
 
 
 # ----- scheduling: job run history, the single-runner lease, scheduled sends ------
+
+
+class JobKind(enum.StrEnum):
+    """What a scheduler job run does (``job_runs.kind``, and the stored jobs' argument)."""
+
+    BUILD = "build"  # a newsletter's regular issue: fetch, build, check, schedule its send
+    DISPATCH = "dispatch"  # the every-minute tick: start due sends, advance started ones
+    SEND = "send"  # start one scheduled send
+    WAVE = "wave"  # send the due waves of a started send
+    RESUME = "resume"  # resume a send its provider's outage paused
+
+
+class SendSource(enum.StrEnum):
+    """Who asked for a scheduled send."""
+
+    SCHEDULE = "schedule"  # the newsletter's own cron schedule
+    AT = "at"  # staff, for a given time (``send --at``)
+    REVIEW = "review"  # `newsletter run` with a review window: it goes out afterwards
 
 
 class JobOutcome(enum.StrEnum):
@@ -445,7 +556,7 @@ class JobRun(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, 32))
     newsletter: Mapped[str | None] = mapped_column(String(64), nullable=True)
     edition_id: Mapped[int | None] = mapped_column(
         ForeignKey("editions.id", ondelete="SET NULL"), nullable=True
@@ -488,7 +599,7 @@ class ScheduledSend(Base):
         ForeignKey("editions.id", ondelete="CASCADE"), nullable=True
     )
     issue_date: Mapped[date | None] = mapped_column(Date, nullable=True)
-    source: Mapped[str] = mapped_column(String(16))  # schedule | at
+    source: Mapped[SendSource] = mapped_column(_enum(SendSource))
     send_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     local_time: Mapped[str | None] = mapped_column(String(5), nullable=True)

@@ -15,13 +15,18 @@ prints ``PORT <n>`` as its first line, serves until SIGTERM/SIGINT, then prints 
 stats as JSON. ``GET /stats`` returns them at any time, ``POST /reset`` clears them,
 ``POST /script`` (a JSON list of actions) sets the fault script.
 
-POST /v3/mail/send needs ``Authorization: Bearer <key>`` (else 401). Actions:
+``GET /v3/scopes`` (the provider's preflight) answers the key's scopes (``scopes``,
+``mail.send`` among them; 401 for another key). POST /v3/mail/send needs
+``Authorization: Bearer <key>`` (else 401). Actions:
 ``ok`` (202 + X-Message-Id, recorded), ``429[:s]`` (Retry-After s, default 2, and
 X-RateLimit-*), ``429-reset:s`` (only X-RateLimit-Reset = now + s), ``500``, ``503``,
 ``401``, ``403``, ``413`` (an HTML body), ``400[:field,...]`` (JSON errors naming
 the fields), ``slow:s`` (hold the request s seconds, then close without answering: a
-request lost in a slow gateway), ``slowok:s`` (accept after s seconds), ``drop`` (read
-the request, close without answering), ``reset`` (RST before reading the body).
+request lost in a slow gateway), ``slowok:s`` (accept after s seconds: a client with a
+shorter timeout never hears it), ``drop`` (read the request, close without answering),
+``acceptdrop`` (accept and record the request, then close without answering),
+``reset`` (RST before reading the body). ``faults(rate, actions)`` answers each request
+with a random one of ``actions`` with probability ``rate`` (after the script).
 Stats: ``requests`` (accepted), ``attempts`` (all mail sends), ``recipients``,
 ``duplicates`` (copies beyond the first per delivery id, or per address without
 one), ``dropped`` (accepted, then dropped as SendGrid does: a ``to`` name with an
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import random
 import re
 import secrets
 import signal
@@ -49,9 +55,10 @@ from typing import Any
 
 DEFAULT_KEY = "SG.test-key-0123456789"
 MAIL_SEND = "/v3/mail/send"
+SCOPES = "/v3/scopes"
 ACTIONS = {"ok", "429", "429-reset", "500", "503", "401", "403", "413", "400"}
 TIMED = {"slow", "slowok"}
-BARE = {"drop", "reset"}
+BARE = {"drop", "reset", "acceptdrop"}
 _DELIVERY = re.compile(rb'"delivery_id"\s*:\s*"(\d+)"')
 
 
@@ -87,6 +94,9 @@ class SendGridServer:
         self._httpd.recorder = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
         self._script: deque[str] = deque()
+        self._busy = 0
+        self.scopes = ["mail.send", "user.profile.read"]
+        self._faults: tuple[float, list[str], random.Random] = (0.0, [], random.Random(0))
         self.reset()
 
     # ----- lifecycle -----------------------------------------------------------
@@ -127,6 +137,13 @@ class SendGridServer:
         checked = [_check_action(a) for a in actions]
         with self._lock:
             self._script = deque(checked)
+
+    def faults(self, rate: float, actions: Iterable[str], *, seed: int = 0) -> None:
+        """After the script, answer each request with a random fault with probability
+        ``rate`` (one of ``actions``), else ``ok``."""
+        checked = [_check_action(a) for a in actions]
+        with self._lock:
+            self._faults = (rate, checked, random.Random(seed))
 
     def reset(self) -> None:
         """Forget everything recorded and the script."""
@@ -182,10 +199,20 @@ class SendGridServer:
     def next_action(self) -> str:
         with self._lock:
             self.attempts += 1
-            return self._script.popleft() if self._script else "ok"
+            if self._script:
+                return self._script.popleft()
+            rate, actions, rng = self._faults
+            if actions and rng.random() < rate:
+                return rng.choice(actions)
+            return "ok"
 
     def wait(self, seconds: float) -> None:
         self._stop.wait(seconds)
+
+    def idle(self) -> bool:
+        """No mail send request is being handled right now (a ``slowok`` one included)."""
+        with self._lock:
+            return self._busy == 0
 
     def accept(self, raw: bytes, tos: int) -> tuple[int, dict[str, Any]]:
         """Record an accepted request with ``tos`` "to" keys; returns (status, error body)."""
@@ -320,6 +347,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/stats":
             self._json(200, self.recorder.stats())
+        elif self.path == SCOPES:
+            if self.headers.get("Authorization") != f"Bearer {self.recorder.api_key}":
+                self._json(401, _errors([(None, "authorization required")]))
+            else:
+                self._json(200, {"scopes": self.recorder.scopes})
         else:
             self._json(404, _errors([(None, "not found")]))
 
@@ -337,7 +369,13 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._json(200, {"script": True})
         elif self.path == MAIL_SEND:
-            self._mail_send(server)
+            with server._lock:
+                server._busy += 1
+            try:
+                self._mail_send(server)
+            finally:
+                with server._lock:
+                    server._busy -= 1
         else:
             self._body()
             self._json(404, _errors([(None, "not found")]))
@@ -370,6 +408,9 @@ class _Handler(BaseHTTPRequestHandler):
             head = "ok"
         if head == "drop":
             self.close_connection = True
+        elif head == "acceptdrop":
+            server.accept(raw, size)
+            self.close_connection = True
         elif head == "ok":
             status, error = server.accept(raw, size)
             if status == 202:
@@ -400,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--key", default=DEFAULT_KEY, help="the API key to require")
     parser.add_argument("--counts-only", action="store_true", help="keep counts, no bodies")
+    parser.add_argument("--faults", type=float, default=0.0, help="random fault rate (0-1)")
+    parser.add_argument(
+        "--fault-actions", default="429,500,503,reset", help="comma-separated fault actions"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random faults")
     args = parser.parse_args(argv)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -407,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     server = SendGridServer(
         api_key=args.key, host=args.host, port=args.port, counts_only=args.counts_only
     ).start()
+    if args.faults:
+        server.faults(args.faults, args.fault_actions.split(","), seed=args.seed)
     print(f"PORT {server.port}", flush=True)
     while not done.wait(0.5):
         pass

@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter.config import Settings
 from newsletter.content import editions
 from newsletter.content.types import RenderedEdition
-from newsletter.delivery import ledger, links, sender
-from newsletter.delivery.pacing import RateLimiter
+from newsletter.delivery import ledger, links, log, pacing, runner, sender
 from newsletter.delivery.providers.files import OutboxProvider
 from newsletter.delivery.providers.scripted import ScriptedProvider, script
-from newsletter.errors import ProviderConfigError, ProviderError, StateError
+from newsletter.errors import ProviderConfigError, StateError
 from newsletter.models import (
     Delivery,
+    DeliveryFailure,
     DeliveryStatus,
     Edition,
     EditionStatus,
@@ -97,12 +97,12 @@ def test_outbox_send_writes_one_eml_each_and_never_twice(
 ) -> None:
     eid = _edition(sessions, settings, readers=7)
     provider = OutboxProvider(settings.outbox_path)
-    first = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    first = runner.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     assert (first.sent, first.failed, first.newly_queued) == (7, 0, 7)
     assert first.complete
     files = _eml_files(settings)
     assert len(files) == 7
-    again = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    again = runner.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     assert (again.sent, again.newly_queued) == (0, 0)
     assert len(_eml_files(settings)) == 7
     with sessions() as s:
@@ -119,10 +119,10 @@ def test_late_subscriber_is_not_added_to_a_frozen_audience(
 ) -> None:
     eid = _edition(sessions, settings, readers=2)
     provider = OutboxProvider(settings.outbox_path)
-    sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    runner.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     with sessions.begin() as s:
         factories.subscriber(s, "late@example.com")
-    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    report = runner.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     assert report.sent == 0 and report.audience == 2
 
 
@@ -132,7 +132,7 @@ def test_transient_errors_retry_then_succeed(
     eid = _edition(sessions, settings, readers=4)
     provider = Recording(["retry", "ok", "ok"])
     clock = FakeClock()
-    report = sender.send_edition(
+    report = runner.send_edition(
         sessions,
         settings=settings,
         edition_id=eid,
@@ -146,32 +146,55 @@ def test_transient_errors_retry_then_succeed(
     assert report.retried == 2
 
 
-def test_retries_are_bounded_then_fail_with_reason(
+def _with(settings: Settings, **delivery: object) -> Settings:
+    return settings.model_copy(update={"delivery": settings.delivery.model_copy(update=delivery)})
+
+
+def test_transient_faults_retry_until_the_window_closes(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:
-    eid = _edition(sessions, settings, readers=1)
-    provider = Recording(["retry"] * 10)
+    conf = _with(settings, retry_window="10m", max_attempts=1000, outage_seconds=3600)
+    eid = _edition(sessions, conf, readers=1)
+    provider = Recording(default="retry")
     clock = FakeClock()
-    report = sender.send_edition(
+    start = clock.now
+    report = runner.send_edition(
+        sessions, settings=conf, edition_id=eid, provider=provider, clock=clock, sleep=clock.sleep
+    )
+    assert report.counts[DeliveryStatus.FAILED] == 1 and not report.ok
+    assert report.summary.failures == {DeliveryFailure.EXPIRED: 1}
+    with sessions() as s:
+        row = s.scalars(select(Delivery)).one()
+    assert row.error and row.error.startswith("retry window closed: scripted retry")
+    # it kept trying while a next attempt fitted the window (each call one attempt)
+    assert row.attempts == len(provider.calls) > 5
+    assert clock.now - start <= timedelta(minutes=10)
+
+
+def test_max_attempts_is_a_safety_cap(sessions: sessionmaker[Session], settings: Settings) -> None:
+    conf = _with(settings, max_attempts=3)
+    eid = _edition(sessions, conf, readers=1)
+    clock = FakeClock()
+    report = runner.send_edition(
         sessions,
-        settings=settings,
+        settings=conf,
         edition_id=eid,
-        provider=provider,
+        provider=Recording(default="retry"),
         clock=clock,
         sleep=clock.sleep,
     )
     assert report.counts[DeliveryStatus.FAILED] == 1
     with sessions() as s:
         row = s.scalars(select(Delivery)).one()
-    assert row.attempts == settings.delivery.max_attempts
-    assert row.error and "gave up after 5 attempts" in row.error
+    assert row.attempts == 3 and row.failure is DeliveryFailure.EXPIRED
+    assert row.error and "gave up after 3 attempts" in row.error
 
 
 def test_permanent_failure_is_recorded_not_retried(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:
     eid = _edition(sessions, settings, readers=2)
-    report = sender.send_edition(
+    report = runner.send_edition(
         sessions, settings=settings, edition_id=eid, provider=Recording(["fail"])
     )
     assert report.counts[DeliveryStatus.FAILED] == 2 and report.complete
@@ -182,13 +205,13 @@ def test_provider_config_error_releases_the_batch(
 ) -> None:
     eid = _edition(sessions, settings, readers=3)
     with pytest.raises(ProviderConfigError):
-        sender.send_edition(
+        runner.send_edition(
             sessions, settings=settings, edition_id=eid, provider=Recording(["config"])
         )
     with sessions() as s:
-        assert ledger.stats(s, edition_id=eid)[DeliveryStatus.QUEUED] == 3
+        assert log.stats(s, edition_id=eid)[DeliveryStatus.QUEUED] == 3
         assert s.scalar(select(func.max(Delivery.attempts))) == 0
-    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
+    report = runner.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
     assert report.counts[DeliveryStatus.SENT] == 3
 
 
@@ -207,7 +230,7 @@ def test_expired_batch_becomes_uncertain(
         _, claimed = ledger.claim_batch(s, edition_id=eid, limit=2, lease_seconds=60, now=long_ago)
     assert len(claimed) == 2
     provider = Recording()
-    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    report = runner.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     assert report.recovered_uncertain == 2
     if policy_ == "skip":
         assert report.counts[DeliveryStatus.UNCERTAIN] == 2
@@ -224,11 +247,11 @@ def test_pause_resume_cancel(sessions: sessionmaker[Session], settings: Settings
         sender.start_send(s, settings=settings, edition_id=eid, now=utcnow())
         sender.pause(s, edition_id=eid)
     with pytest.raises(StateError, match="paused"):
-        sender.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
+        runner.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
     with sessions.begin() as s:
         sender.resume(s, edition_id=eid)
     provider = Recording()
-    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    report = runner.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     assert report.counts[DeliveryStatus.SENT] == 6
     with sessions.begin() as s:
         with pytest.raises(StateError):
@@ -241,7 +264,7 @@ def test_cancel_stops_unsent(sessions: sessionmaker[Session], settings: Settings
         sender.start_send(s, settings=settings, edition_id=eid, now=utcnow())
         assert sender.cancel(s, edition_id=eid) == 4
     with pytest.raises(StateError, match="cancelled"):
-        sender.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
+        runner.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
 
 
 def test_two_claimers_never_share_a_row(
@@ -270,7 +293,7 @@ def test_concurrent_senders_deliver_each_recipient_once(
     settings = _with_delivery(settings, concurrency=4)
     eid = _edition(sessions, settings, readers=41)
     provider = Recording()
-    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    report = runner.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     assert report.complete and report.counts[DeliveryStatus.SENT] == 41
     assert len(provider.copies) == 41 and set(provider.copies.values()) == {1}
     assert report.sent == 41
@@ -284,7 +307,7 @@ def test_failover_to_secondary_after_threshold(
     primary = Recording(name="primary", default="retry")
     secondary = Recording(name="secondary")
     clock = FakeClock()
-    report = sender.send_edition(
+    report = runner.send_edition(
         sessions,
         settings=settings,
         edition_id=eid,
@@ -301,14 +324,22 @@ def test_failover_to_secondary_after_threshold(
     assert carriers == {"secondary": 6}
 
 
-def test_rate_limiter_spaces_batches() -> None:
-    now = [100.0]
-    limiter = RateLimiter(1000.0, clock=lambda: now[0])
-    assert limiter.delay_for(500) == 0.0
-    assert limiter.delay_for(500) == pytest.approx(0.5)
-    assert limiter.delay_for(1000) == pytest.approx(1.0)
-    now[0] += 5.0  # idle time does not bank a burst beyond the current instant
-    assert limiter.delay_for(10) == 0.0
+def test_the_shared_rate_spaces_batches(sessions: sessionmaker[Session]) -> None:
+    t0 = utcnow()
+    with sessions.begin() as s:
+        assert pacing.rate_wait(s, key="p", rate=1000.0, now=t0) == 0.0
+        pacing.take_rate(s, key="p", rate=1000.0, messages=500, now=t0)
+    with sessions.begin() as s:  # another runner, another transaction: the same rate
+        assert pacing.rate_wait(s, key="p", rate=1000.0, now=t0) == pytest.approx(0.5)
+        later = t0 + timedelta(seconds=0.5)
+        assert pacing.rate_wait(s, key="p", rate=1000.0, now=later) == 0.0
+        pacing.take_rate(s, key="p", rate=1000.0, messages=1000, now=later)
+        assert pacing.rate_wait(s, key="p", rate=1000.0, now=later) == pytest.approx(1.0)
+        # idle time does not bank a burst beyond the current instant
+        idle = t0 + timedelta(seconds=10)
+        pacing.take_rate(s, key="p", rate=1000.0, messages=10, now=idle)
+        assert pacing.rate_wait(s, key="p", rate=1000.0, now=idle) == pytest.approx(0.01)
+        assert pacing.rate_wait(s, key="other", rate=1000.0, now=idle) == 0.0
 
 
 def test_leaving_mid_send_cancels_what_was_not_yet_sent(
@@ -323,7 +354,7 @@ def test_leaving_mid_send_cancels_what_was_not_yet_sent(
         subscribers.unsubscribe(s, email=first, newsletter="daily-briefing")
         suppression.suppress(s, email=second, reason=SuppressionReason.COMPLAINED)
     provider = Recording()
-    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    report = runner.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     assert set(provider.copies) == {third}
     assert report.counts[DeliveryStatus.CANCELLED] == 2 and report.complete
 
@@ -333,7 +364,7 @@ def test_helper_processes_share_an_edition_without_overlap(
 ) -> None:
     settings = _with_delivery(settings, processes=2, batch_size=5)
     eid = _edition(sessions, settings, readers=60)
-    report = sender.send_edition(
+    report = runner.send_edition(
         sessions, settings=settings, edition_id=eid, provider=OutboxProvider(settings.outbox_path)
     )
     assert report.complete and report.sent == 60
@@ -368,7 +399,7 @@ def test_idempotent_provider_resends_an_uncertain_batch_exactly_once(
             for c in claimed
         ],
     )
-    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
+    report = runner.send_edition(sessions, settings=settings, edition_id=eid, provider=provider)
     assert report.counts[DeliveryStatus.SENT] == 4 and report.counts[DeliveryStatus.UNCERTAIN] == 0
     assert len(_eml_files(settings)) == 4
 
@@ -387,16 +418,23 @@ def test_a_send_failing_everyone_for_one_reason_stops(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:
     eid = _edition(sessions, settings, readers=10)
-    with pytest.raises(ProviderError, match="last 3 batches failed with 'scripted fail'"):
-        sender.send_edition(
-            sessions, settings=settings, edition_id=eid, provider=Recording(default="fail")
-        )
+    stopped = runner.send_edition(
+        sessions, settings=settings, edition_id=eid, provider=Recording(default="fail")
+    )
+    assert stopped.stopped and "last 3 batches failed with 'scripted fail'" in stopped.stopped
+    assert not stopped.ok
+    # the readers are not to blame: their failures count as the send's
+    assert stopped.summary.failures == {DeliveryFailure.STOPPED: 6}
     with sessions() as s:
-        counts = ledger.stats(s, edition_id=eid)
+        counts = log.stats(s, edition_id=eid)
     assert counts[DeliveryStatus.FAILED] == 6 and counts[DeliveryStatus.QUEUED] == 4
+    again = runner.send_edition(  # a new send command after the fix goes on
+        sessions, settings=settings, edition_id=eid, provider=Recording()
+    )
+    assert again.counts[DeliveryStatus.SENT] == 4 and not again.ok
     with sessions.begin() as s:
         assert (
             ledger.requeue(s, edition_id=eid, statuses=[DeliveryStatus.FAILED], now=utcnow()) == 6
         )
-    report = sender.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
+    report = runner.send_edition(sessions, settings=settings, edition_id=eid, provider=Recording())
     assert report.counts[DeliveryStatus.SENT] == 10

@@ -31,7 +31,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import db
 from newsletter.cli import cli
-from newsletter.cli.scheduler import parse_send_time
 from newsletter.config import Settings, load_settings
 from newsletter.content import editions
 from newsletter.delivery.providers.base import Outcome, PreparedEdition, Provider, Recipient
@@ -52,6 +51,7 @@ from newsletter.models import (
     utcnow,
 )
 from newsletter.schedule import jobs, records, scheduler
+from newsletter.schedule.oneoff import parse_send_time
 from tests import factories
 from tests.conftest import CliRun, write_config
 
@@ -532,9 +532,12 @@ def test_send_at_input_errors() -> None:
         parse_send_time("soon", timezone="UTC", now=now)
     with pytest.raises(InputError, match="in the past"):
         parse_send_time("2026-03-09T11:00", timezone="UTC", now=now)
-    assert parse_send_time("11:00", timezone="UTC", now=now) == now + timedelta(hours=23)
-    assert parse_send_time("2026-03-09T09:00", timezone="America/New_York", now=now) == datetime(
-        2026, 3, 9, 13, 0, tzinfo=UTC
+    tomorrow = parse_send_time("11:00", timezone="UTC", now=now)
+    assert tomorrow.at == now + timedelta(hours=23) and tomorrow.tomorrow
+    today = parse_send_time("13:00", timezone="UTC", now=now)
+    assert today.at == now + timedelta(hours=1) and not today.tomorrow
+    assert parse_send_time("2026-03-09T09:00", timezone="America/New_York", now=now).at == (
+        datetime(2026, 3, 9, 13, 0, tzinfo=UTC)
     )
 
 
@@ -566,10 +569,13 @@ def test_jobs_list_pause_resume_remove(
     run_cli("jobs", "resume", "newsletter:daily-briefing")
     listed = {j["id"]: j for j in json.loads(run_cli("jobs", "list", "--format", "json").output)}
     assert listed["newsletter:daily-briefing"]["status"] == "scheduled"
-    assert "comes from config.toml" in run_cli("jobs", "remove", "dispatch", expect=1).output
+    assert "comes from the configuration" in run_cli("jobs", "remove", "dispatch", expect=1).output
     run_cli("jobs", "remove", "send:1")
     assert "send:1" not in run_cli("jobs", "list").output
-    assert "no job 'nope'" in run_cli("jobs", "pause", "nope", expect=2).output
+    assert "'nope' is not a job id" in run_cli("jobs", "pause", "nope", expect=2).output
+    assert (
+        "no job 'newsletter:nope'" in run_cli("jobs", "pause", "newsletter:nope", expect=2).output
+    )
 
 
 def test_jobs_history_output(

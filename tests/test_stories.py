@@ -663,7 +663,7 @@ def test_add_list_hide_pin(session: Session) -> None:
     assert [s.id for s in list_stories(session)] == [older.id]
     assert len(list_stories(session, include_hidden=True)) == 2
     assert not unhide_story(session, story_id=story.id).hidden
-    assert not pin_story(session, story_id=story.id, pinned=False).pinned
+    assert not pin_story(session, story_id=story.id, pinned=False).story.pinned
     with pytest.raises(NotFoundError, match="no story with id 9999"):
         hide_story(session, story_id=9999)
 

@@ -428,9 +428,11 @@ def test_confirm_and_unsubscribe(session: Session, settings: Settings) -> None:
     assert sup.is_suppressed(session, email="a@example.com") is SuppressionReason.UNSUBSCRIBED
     with pytest.raises(StateError, match="suppressed"):
         svc.confirm(session, email="a@example.com")
-    # An unknown address asking to leave everything is simply suppressed.
-    assert svc.unsubscribe(session, email="stranger@example.com", newsletter=None) == []
-    assert sup.is_suppressed(session, email="Stranger@example.com") is not None
+    # An address never subscribed is not found, and nothing is suppressed (a typo
+    # must not block a stranger).
+    with pytest.raises(NotFoundError, match="no subscriber stranger@example.com"):
+        svc.unsubscribe(session, email="stranger@example.com", newsletter=None)
+    assert sup.is_suppressed(session, email="Stranger@example.com") is None
 
 
 def test_suppress_is_idempotent_and_keeps_the_first_reason(session: Session) -> None:
@@ -664,11 +666,11 @@ def test_list_json_parses_back(run_cli: CliRun, session: Session, settings: Sett
 
 
 def test_cli_import_prints_summary_and_every_bad_row(run_cli: CliRun) -> None:
-    result = run_cli("subscribers", "import", str(CSV_DIR / "hostile.csv"))
-    out = result.output
+    result = run_cli("subscribers", "import", str(CSV_DIR / "hostile.csv"), expect=1)
+    out = result.stdout
     assert re.search(r"\n  added subscribers +8\n", out)
     assert re.search(r"\n  skipped \(errors\) +6\n", out)
-    bad = [line for line in out.splitlines() if line.startswith("line ")]
+    bad = [line for line in result.stderr.splitlines() if line.startswith("line ")]
     assert [b.split(":")[0] for b in bad] == [f"line {n}" for n in (11, 12, 13, 14, 15, 17)]
     assert "line 14: ALICE@Example.com: duplicate of line 2" in bad
 

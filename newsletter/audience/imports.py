@@ -22,15 +22,21 @@ Decisions:
 - A leading ``'`` that ``subscribers export`` adds to neutralise spreadsheet
   formulas (``'=...``) is removed again, so an export re-imports unchanged.
 
-Speed: everything is validated in Python first, then existing rows are loaded in
-chunks and new ones inserted with executemany — no ORM object per row.
+Size: the file is read as a stream of lines, never whole, and refused beyond
+``MAX_CSV_BYTES`` (100 MB, about a million subscribers), so a wrong path such as
+``/dev/zero`` ends with one clear error instead of filling the memory.
+
+Speed: rows are validated in Python a batch at a time, then existing rows are loaded
+in chunks and new ones inserted with executemany — no ORM object per row.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
-from collections.abc import Iterator, Sequence
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -57,6 +63,11 @@ from newsletter.models import (
 
 CHUNK = 500  # parameters per IN (...): well under SQLite's and PostgreSQL's limits
 INSERT_CHUNK = 5000
+BATCH = 20_000  # rows validated, then written, at a time: memory stays flat
+MAX_CSV_BYTES = 100 * 1024 * 1024
+READ_BYTES = 64 * 1024
+#: The line endings the csv module recognises (not the other Unicode separators).
+_EOL = re.compile(r"\r\n|\r|\n")
 COLUMNS = {
     "email": ("email", "email address", "e-mail", "e-mail address"),
     "name": ("name", "full name"),
@@ -115,6 +126,17 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _shown(value: str) -> str:
     text = "".join(ch if ch.isprintable() else " " for ch in value.strip())
     return text if len(text) <= 80 else text[:77] + "..."
@@ -127,19 +149,64 @@ def _cell(value: str) -> str:
     return value.strip()
 
 
-def _decode(path: Path) -> str:
+def _too_large(path: Path, max_bytes: int) -> CSVImportError:
+    mb = 1024 * 1024
+    cap = f"{max_bytes / mb:g} MB" if max_bytes >= mb else f"{max_bytes} bytes"
+    return CSVImportError(
+        f"{path.name} is larger than {cap}, the most one import reads; split it into smaller files",
+        code="import.too_large",
+        max_bytes=max_bytes,
+    )
+
+
+def _lines(path: Path, *, max_bytes: int) -> Iterator[str]:
+    """The file's physical lines (with their endings) decoded from UTF-8 (BOM or not),
+    read in blocks. Raises CSVImportError when the file cannot be read, is not UTF-8
+    (naming the line) or grows beyond ``max_bytes``."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    newlines = 0  # before the current block, for the line number of a bad byte
+    size = 0
+    parts: list[str] = []  # the line read so far: a list, so a huge line costs no copies
+    carry = ""
     try:
-        data = path.read_bytes()
+        fh = path.open("rb")
     except OSError as exc:
         raise CSVImportError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise CSVImportError(
-            f"{path.name} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-            "save it as CSV UTF-8"
-        ) from None
+    with fh:
+        if os.fstat(fh.fileno()).st_size > max_bytes:  # a regular file says so at once
+            raise _too_large(path, max_bytes)
+        while True:
+            try:
+                block = fh.read(READ_BYTES)
+            except OSError as exc:
+                raise CSVImportError(f"cannot read {path}: {exc.strerror or exc}") from None
+            size += len(block)
+            if size > max_bytes:
+                raise _too_large(path, max_bytes)
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                # exc.object is this block after at most 3 buffered bytes (no newline).
+                line = newlines + exc.object.count(b"\n", 0, exc.start) + 1
+                raise CSVImportError(
+                    f"{path.name} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on "
+                    f"line {line}); save it as CSV UTF-8"
+                ) from None
+            newlines += block.count(b"\n")
+            text, carry = carry + text, ""
+            if block and text.endswith("\r"):
+                text, carry = text[:-1], "\r"  # it may be the first half of "\r\n"
+            start = 0
+            for eol in _EOL.finditer(text):
+                parts.append(text[start : eol.end()])
+                yield "".join(parts)
+                parts, start = [], eol.end()
+            if start < len(text):
+                parts.append(text[start:])
+            if not block:
+                if parts:
+                    yield "".join(parts)
+                return
 
 
 def _header(record: list[str], path: Path) -> dict[str, int]:
@@ -168,9 +235,10 @@ def _parse(
     newsletters: Sequence[str],
     status: SubscriptionStatus,
     report: ImportReport,
-) -> list[_Row]:
-    text = _decode(path)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    max_bytes: int,
+) -> Iterator[_Row]:
+    """The file's good rows, one at a time; bad ones go to ``report.errors``."""
+    reader = csv.reader(_lines(path, max_bytes=max_bytes))
     try:
         header = next(reader)
         while not any(c.strip() for c in header):  # leading blank lines
@@ -190,7 +258,6 @@ def _parse(
             f"{path.name} has no newsletters column: say which newsletter with --newsletter"
         )
 
-    rows: list[_Row] = []
     seen: dict[str, int] = {}
     previous = reader.line_num
     while True:
@@ -240,8 +307,7 @@ def _parse(
         if problems:
             report.errors.append(RowError(line, _shown(raw_email), "; ".join(problems)))
             continue
-        rows.append(_Row(line, address, name, zone, wants))
-    return rows
+        yield _Row(line, address, name, zone, wants)
 
 
 def _slugs(cell: str, settings: Settings, problems: list[str]) -> list[str]:
@@ -284,23 +350,33 @@ def import_csv(
     newsletters: Sequence[str] = (),
     status: SubscriptionStatus = SubscriptionStatus.PENDING,
     source: str = "import",
+    max_bytes: int = MAX_CSV_BYTES,
 ) -> ImportReport:
     """Import subscribers from the CSV file at ``path`` (format in the module doc).
 
     ``newsletters`` and ``status`` apply to rows whose own cell is empty. Bad rows
-    land in ``report.errors``; good rows are written in the caller's transaction.
-    Re-importing the same file changes nothing. Raises CSVImportError when the file
-    cannot be read at all (not UTF-8, empty, no email column), NotFoundError for an
-    unknown ``newsletters`` slug, StateError if the list changed underneath.
+    land in ``report.errors``; good rows are written in the caller's transaction,
+    a batch at a time (the caller's rollback undoes them all). Re-importing the same
+    file changes nothing. Raises CSVImportError when the file cannot be read at all
+    (not UTF-8, empty, no email column, larger than ``max_bytes``), NotFoundError for
+    an unknown ``newsletters`` slug, StateError if the list changed underneath.
     """
     if status is SubscriptionStatus.UNSUBSCRIBED:
         raise InputError("imported subscriptions must be pending or confirmed")
     for slug in newsletters:
         settings.newsletter(slug)
     report = ImportReport()
-    rows = _parse(path, settings=settings, newsletters=newsletters, status=status, report=report)
+    rows = _parse(
+        path,
+        settings=settings,
+        newsletters=newsletters,
+        status=status,
+        report=report,
+        max_bytes=max_bytes,
+    )
     try:
-        _apply(session, rows, report, source)
+        for batch in _batches(rows, BATCH):
+            _apply(session, batch, report, source)
     except IntegrityError:
         raise StateError(
             "the subscriber list changed while importing (another import or sign-up?); "

@@ -257,22 +257,16 @@ def _unsubscribe(session: Session, sub: Subscriber, newsletter: str | None) -> l
 def unsubscribe(session: Session, *, email: str, newsletter: str | None) -> list[Subscription]:
     """Unsubscribe from one newsletter, or from all (None) — which also suppresses.
 
-    Idempotent: returns only the subscriptions this call changed. Unsubscribing an
-    unknown address from all newsletters still suppresses it (no mail is the
-    point); NotFoundError when a named subscription does not exist.
+    Idempotent: returns only the subscriptions this call changed. Raises
+    NotFoundError for an address that was never subscribed (``subscriber.not_found``:
+    nothing is suppressed, so a typo blocks nobody) or when a named subscription does
+    not exist (``subscription.not_found``). A signed link of a subscriber who is gone
+    is :func:`unsubscribe_by_token`'s business, and succeeds.
     """
     address = normalise_email(email)
     sub = _find(session, address)
     if newsletter is None:
-        if sub is None:
-            add_entry(
-                session,
-                address=address,
-                reason=SuppressionReason.UNSUBSCRIBED,
-                detail="unsubscribed from all",
-            )
-            return []
-        return _unsubscribe(session, sub, None)
+        return _unsubscribe(session, sub or _require(session, address), None)
     if sub is None or all(s.newsletter != newsletter for s in sub.subscriptions):
         raise NotFoundError(
             f"{address} is not subscribed to {newsletter}",
@@ -329,8 +323,9 @@ def remove(session: Session, *, email: str, newsletter: str | None, forget: bool
     Delivery rows (email "forgotten", name "", address scrubbed from errors and
     provider events), cancels their not-yet-sent deliveries, and leaves only a
     hashed suppression entry so they are never re-added by accident.
-    Raises InputError (``forget`` with ``newsletter``), NotFoundError (unsubscribe
-    from a newsletter they are not subscribed to).
+    Raises InputError (``forget`` with ``newsletter``), NotFoundError for an address
+    we hold nothing about (``subscriber.not_found``) or a newsletter they are not
+    subscribed to.
     """
     if not forget:
         return RemoveResult(
@@ -349,6 +344,17 @@ def remove(session: Session, *, email: str, newsletter: str | None, forget: bool
     if sub is not None:
         match = match | (Delivery.subscriber_id == sub.id)
     deliveries = list(session.scalars(select(Delivery).where(match)))
+    found = find_entry(session, address=address)
+    if sub is None and not deliveries and found is None:
+        # Nothing to erase. The hashed block exists so that an erased person is not
+        # re-added; for an address we never held it would be a new record made from
+        # the request itself, and a mistyped address would silently block a stranger.
+        # (To block an address on purpose there is suppression.)
+        raise NotFoundError(
+            f"no subscriber {address}: nothing to forget",
+            code="subscriber.not_found",
+            email=address,
+        )
     cancellable = set(delivery_sources(DeliveryStatus.CANCELLED))
     for d in deliveries:
         d.email, d.name, d.subscriber_id = FORGOTTEN, "", None
@@ -366,7 +372,6 @@ def remove(session: Session, *, email: str, newsletter: str | None, forget: bool
     if sub is not None:
         deleted = len(sub.subscriptions)
         session.delete(sub)
-    found = find_entry(session, address=address)
     if found is None:
         add_entry(session, address=address, reason=SuppressionReason.FORGOTTEN, detail="")
     else:

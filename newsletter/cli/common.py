@@ -6,7 +6,9 @@ import csv
 import io
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from datetime import date, datetime
 from enum import Enum
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -34,6 +36,15 @@ from newsletter.errors import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "json", "csv")
+
+#: A row id typed on the command line (an edition, a story): 1 up to the largest
+#: INTEGER both SQLite and PostgreSQL store, so a huge number is a usage error, not
+#: an overflow deep in the database driver.
+ROW_ID = click.IntRange(1, 2**31 - 1)
+#: Every edition id option and argument (``--edition N``, ``edition preview N``).
+EDITION_ID = ROW_ID
+#: A listing's ``--limit``: at least one row, and a number the database takes.
+LIMIT = click.IntRange(1, 1_000_000)
 
 
 @dataclass
@@ -91,7 +102,9 @@ def configure_logging(level: str) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     root._newsletter_configured = True  # type: ignore[attr-defined]
-    for noisy in ("alembic", "httpx", "httpcore"):
+    # APScheduler says "Scheduler started", "Added job" and "Running job" at INFO for
+    # every command that opens the job store; our own job records say what ran.
+    for noisy in ("alembic", "apscheduler", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -136,10 +149,40 @@ def emit_rows(
     else:
         table = Table(title=title, show_lines=False)
         for c in columns:
-            table.add_column(c.replace("_", " "))
+            # Fold long cells (addresses, titles, URLs) onto more lines instead of
+            # cutting them to "amara…": a table must stay usable at 80 columns.
+            table.add_column(c.replace("_", " "), overflow="fold")
         for r in plain:
             table.add_row(*("" if r[c] is None else str(r[c]) for c in columns))
         Console(soft_wrap=False).print(table)
+
+
+@contextmanager
+def atomic_file(path: Path, *, newline: str | None = None) -> Iterator[TextIO]:
+    """Open ``path`` for writing text through a temporary sibling renamed into place on
+    success, so a reader never sees half a file. The file gets ordinary permissions:
+    the mode of the file it replaces, else 0666 less the umask (mkstemp's are 0600).
+    Raises InputError naming the file when it cannot be written."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
 
 
 def safe_cell(value: Any) -> Any:
@@ -195,6 +238,7 @@ HINTS = {
     "subscription.unsubscribed": "add --resubscribe only at their own request",
     "subscriber.forget_one": "drop --newsletter",
     "import.conflict": "run it again",
+    "job.configured": "pause it with `newsletter jobs pause {job_id}`, or change the config file",
 }
 
 

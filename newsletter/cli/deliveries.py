@@ -7,8 +7,9 @@ import json
 import click
 
 from newsletter.audience.addresses import normalise_email
-from newsletter.cli.common import App, emit_rows, format_option, pass_app
-from newsletter.delivery import ledger
+from newsletter.cli.common import EDITION_ID, LIMIT, App, emit_rows, format_option, pass_app
+from newsletter.content.editions import get_edition
+from newsletter.delivery import log, sender
 from newsletter.models import DeliveryStatus, utcnow
 
 STATUS = click.Choice([s.value for s in DeliveryStatus])
@@ -20,10 +21,10 @@ def group() -> None:
 
 
 @group.command("list")
-@click.option("--edition", "edition_id", type=int, help="Only this edition.")
+@click.option("--edition", "edition_id", type=EDITION_ID, help="Only this edition.")
 @click.option("--status", type=STATUS, help="Only this status.")
 @click.option("--email", help="Only this address.")
-@click.option("--limit", default=100, show_default=True)
+@click.option("--limit", default=100, show_default=True, type=LIMIT)
 @format_option("table", "json")
 @pass_app
 def list_(
@@ -31,6 +32,8 @@ def list_(
 ) -> None:
     """Delivery rows, newest first."""
     with app.transaction() as session:
+        if edition_id is not None:
+            get_edition(session, edition_id)  # an unknown edition is an error, not no rows
         rows = [
             {
                 "id": d.id,
@@ -39,17 +42,17 @@ def list_(
                 "status": d.status,
                 "attempts": d.attempts,
                 "provider": d.provider,
-                "message_id": d.provider_message_id,
+                "message_id": d.message_id,
                 "sent_at": d.sent_at,
                 "error": d.error,
             }
-            for d in ledger.list_deliveries(
+            for d in log.list_deliveries(
                 session,
                 edition_id=edition_id,
                 status=DeliveryStatus(status) if status else None,
                 email=normalise_email(email) if email else None,
                 limit=limit,
-            )
+            ).items
         ]
     emit_rows(
         rows,
@@ -69,13 +72,15 @@ def list_(
 
 
 @group.command("stats")
-@click.option("--edition", "edition_id", type=int, help="Only this edition.")
+@click.option("--edition", "edition_id", type=EDITION_ID, help="Only this edition.")
 @format_option("table", "json")
 @pass_app
 def stats(app: App, edition_id: int | None, fmt: str) -> None:
     """Counts per delivery status."""
     with app.transaction() as session:
-        counts = ledger.stats(session, edition_id=edition_id)
+        if edition_id is not None:
+            get_edition(session, edition_id)  # an unknown edition is an error, not zeros
+        counts = log.stats(session, edition_id=edition_id)
     if fmt == "json":
         click.echo(
             json.dumps({s.value: n for s, n in counts.items()} | {"total": sum(counts.values())})
@@ -92,13 +97,18 @@ def stats(app: App, edition_id: int | None, fmt: str) -> None:
 
 
 @group.command("requeue")
-@click.option("--edition", "edition_id", type=int, required=True)
+@click.option("--edition", "edition_id", type=EDITION_ID, required=True)
 @click.option("--status", type=click.Choice(["uncertain", "failed"]), required=True)
 @pass_app
 def requeue(app: App, edition_id: int, status: str) -> None:
     """Queue uncertain or failed deliveries again (then run `send --edition`)."""
     with app.transaction() as session:
-        n = ledger.requeue(
-            session, edition_id=edition_id, statuses=[DeliveryStatus(status)], now=utcnow()
+        get_edition(session, edition_id)
+        n = sender.requeue(
+            session,
+            settings=app.settings,
+            edition_id=edition_id,
+            statuses=[DeliveryStatus(status)],
+            now=utcnow(),
         )
     click.echo(f"{n} {status} deliveries of edition {edition_id} queued again")

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
-from newsletter.cli.common import App, emit_rows, format_option, parse_date, pass_app
+from newsletter.cli.common import (
+    EDITION_ID,
+    LIMIT,
+    App,
+    atomic_file,
+    emit_rows,
+    format_option,
+    parse_date,
+    pass_app,
+)
 from newsletter.content import editions, render
 from newsletter.delivery import preview as preview_service
-from newsletter.errors import CheckFailed
+from newsletter.errors import CheckFailed, InputError
 
 
 @click.group("edition")
@@ -47,7 +54,7 @@ def build(app: App, slug: str, issue_date: str | None, rebuild: bool) -> None:
 
 @group.command("list")
 @click.option("--newsletter", "slug", help="Only this newsletter.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=LIMIT)
 @format_option("table", "json")
 @pass_app
 def list_(app: App, slug: str | None, limit: int, fmt: str) -> None:
@@ -70,7 +77,7 @@ def list_(app: App, slug: str | None, limit: int, fmt: str) -> None:
 
 
 @group.command("show")
-@click.argument("edition_id", type=int)
+@click.argument("edition_id", type=EDITION_ID)
 @format_option("table", "json")
 @pass_app
 def show(app: App, edition_id: int, fmt: str) -> None:
@@ -95,20 +102,18 @@ def show(app: App, edition_id: int, fmt: str) -> None:
 
 
 def write_atomically(path: Path, data: str) -> None:
-    """Write a file via a temporary sibling and rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write a file (and its folder) via a temporary sibling and rename: never half a
+    file, and the ordinary permissions of a new file (see :func:`atomic_file`)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_file(path) as fh:
+        fh.write(data)
 
 
 @group.command("preview")
-@click.argument("edition_id", type=int)
+@click.argument("edition_id", type=EDITION_ID)
 @click.option(
     "--format", "fmt", type=click.Choice(["html", "text"]), default="html", show_default=True
 )
@@ -134,7 +139,7 @@ def preview(app: App, edition_id: int, fmt: str, output: Path | None) -> None:
 
 
 @group.command("check")
-@click.argument("edition_id", type=int)
+@click.argument("edition_id", type=EDITION_ID)
 @pass_app
 def check(app: App, edition_id: int) -> None:
     """Run the pre-send checks; exit 1 listing every problem."""
@@ -152,7 +157,7 @@ def check(app: App, edition_id: int) -> None:
 
 
 @group.command("hold")
-@click.argument("edition_id", type=int)
+@click.argument("edition_id", type=EDITION_ID)
 @click.option("--reason", default="held by an editor", show_default=True)
 @pass_app
 def hold(app: App, edition_id: int, reason: str) -> None:
@@ -165,7 +170,7 @@ def hold(app: App, edition_id: int, reason: str) -> None:
 
 
 @group.command("release")
-@click.argument("edition_id", type=int)
+@click.argument("edition_id", type=EDITION_ID)
 @pass_app
 def release(app: App, edition_id: int) -> None:
     """Release a held edition: its scheduled send goes out at the scheduler's next tick."""

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import signal
 import threading
-from datetime import UTC, datetime, time, timedelta
+from collections.abc import Callable
+from datetime import datetime
 from types import FrameType
-from typing import Any
-from zoneinfo import ZoneInfo
 
 import click
 
-from newsletter.cli.common import App, emit_rows, format_option, parse_date, pass_app
-from newsletter.content import editions
-from newsletter.errors import InputError, NotFoundError, StateError
-from newsletter.models import JobOutcome, ScheduledSendStatus, utcnow
-from newsletter.schedule import records, scheduler, waves
-
-WAITING = [ScheduledSendStatus.PENDING, ScheduledSendStatus.PAUSED, ScheduledSendStatus.STARTED]
+from newsletter.cli.common import LIMIT, App, emit_rows, format_option, parse_date, pass_app
+from newsletter.errors import InputError
+from newsletter.models import JobOutcome, utcnow
+from newsletter.schedule import control, oneoff, records, scheduler
+from newsletter.schedule.records import JobId
 
 
 def _runtime(app: App) -> records.Runtime:
@@ -66,77 +63,18 @@ def _when(value: datetime | None) -> str:
 @pass_app
 def list_(app: App, fmt: str) -> None:
     """Scheduled jobs (newsletters, dispatcher) and one-off sends still to come."""
-    rows: list[dict[str, Any]] = []
-    with scheduler.open_scheduler(app.settings, app.engine, paused=True) as sched:
-        for job in sched.get_jobs():
-            rows.append(
-                {
-                    "id": job.id,
-                    "what": _describe(app, job.id, job.trigger),
-                    "next_run": _when(job.next_run_time),
-                    "status": "paused" if job.next_run_time is None else "scheduled",
-                }
-            )
     with app.transaction() as session:
-        for send in records.list_sends(session, statuses=WAITING):
-            target = f"edition {send.edition_id}" if send.edition_id else "today's edition"
-            rows.append(
-                {
-                    "id": records.send_job_id(send.id),
-                    "what": f"send {target} of {send.newsletter}"
-                    + (f" at {send.local_time} local" if send.local_time else ""),
-                    "next_run": _when(send.send_at),
-                    "status": send.status,
-                }
-            )
+        entries = control.list_jobs(session, settings=app.settings, engine=app.engine)
+    rows = [
+        {"id": str(e.id), "what": e.what, "next_run": _when(e.next_run), "status": e.status}
+        for e in entries
+    ]
     emit_rows(rows, ["id", "what", "next_run", "status"], fmt)
 
 
-def _describe(app: App, job_id: str, trigger: Any) -> str:
-    slug = job_id.removeprefix("newsletter:")
-    if slug == job_id or slug not in app.settings.newsletters:
-        return str(trigger)
-    nl = app.settings.newsletters[slug]
-    what = f"{slug}: cron '{nl.schedule}' {nl.timezone}"
-    if nl.review_minutes:
-        what += f", built {nl.review_minutes} min early"
-    return what + (f", waves at {nl.local_time} local" if nl.local_time else "")
-
-
-def _send_id(job_id: str) -> int | None:
-    if not job_id.startswith("send:"):
-        return None
-    try:
-        return int(job_id.removeprefix("send:"))
-    except ValueError:
-        raise InputError(f"{job_id!r} is not a job id (send:N)") from None
-
-
-def _change(app: App, job_id: str, action: str) -> None:
-    send_id = _send_id(job_id)
-    if send_id is not None:
-        target = {
-            "pause": ScheduledSendStatus.PAUSED,
-            "resume": ScheduledSendStatus.PENDING,
-            "remove": ScheduledSendStatus.CANCELLED,
-        }[action]
-        with app.transaction() as session:
-            records.set_send_status(session, send_id=send_id, status=target)
-        return
-    with scheduler.open_scheduler(app.settings, app.engine, paused=True) as sched:
-        job = sched.get_job(job_id)
-        if job is None:
-            known = ", ".join(j.id for j in sched.get_jobs())
-            raise NotFoundError(f"no job {job_id!r} (jobs: {known})")
-        if action == "remove":
-            raise StateError(
-                f"{job_id} comes from config.toml and would come back: "
-                f"pause it with `newsletter jobs pause {job_id}` or change the config"
-            )
-        if action == "pause":
-            sched.pause_job(job_id)
-        else:
-            sched.resume_job(job_id)
+def _change(app: App, job_id: str, action: Callable[..., None]) -> None:
+    with app.transaction() as session:
+        action(session, settings=app.settings, engine=app.engine, job_id=JobId.parse(job_id))
 
 
 @group.command("pause")
@@ -144,7 +82,7 @@ def _change(app: App, job_id: str, action: str) -> None:
 @pass_app
 def pause(app: App, job_id: str) -> None:
     """Pause a job (it does not run until resumed)."""
-    _change(app, job_id, "pause")
+    _change(app, job_id, control.pause_job)
     click.echo(f"{job_id} paused")
 
 
@@ -153,7 +91,7 @@ def pause(app: App, job_id: str) -> None:
 @pass_app
 def resume(app: App, job_id: str) -> None:
     """Resume a paused job (from its next scheduled time)."""
-    _change(app, job_id, "resume")
+    _change(app, job_id, control.resume_job)
     click.echo(f"{job_id} resumed")
 
 
@@ -162,7 +100,7 @@ def resume(app: App, job_id: str) -> None:
 @pass_app
 def remove(app: App, job_id: str) -> None:
     """Cancel a one-off scheduled send (send:N)."""
-    _change(app, job_id, "remove")
+    _change(app, job_id, control.remove_job)
     click.echo(f"{job_id} removed")
 
 
@@ -170,7 +108,7 @@ def remove(app: App, job_id: str) -> None:
 @click.option("--job", "job_id", help="Only this job id (newsletter:SLUG, dispatch, send:N).")
 @click.option("--newsletter", "slug", help="Only this newsletter.")
 @click.option("--outcome", type=click.Choice([o.value for o in JobOutcome]))
-@click.option("--limit", default=30, show_default=True)
+@click.option("--limit", default=30, show_default=True, type=LIMIT)
 @click.option("--errors", is_flag=True, help="Print the traceback of failed runs.")
 @format_option("table", "json")
 @pass_app
@@ -184,10 +122,13 @@ def history(
     fmt: str,
 ) -> None:
     """Recorded job runs, newest first: start, end, outcome, counts, reason."""
+    job = JobId.parse(job_id) if job_id is not None else None
+    if slug is not None:
+        app.settings.newsletter(slug)  # an unknown newsletter is an error, not no runs
     with app.transaction() as session:
         runs = records.list_runs(
             session,
-            job_id=job_id,
+            job_id=str(job) if job else None,
             newsletter=slug,
             outcome=JobOutcome(outcome) if outcome else None,
             limit=limit,
@@ -222,54 +163,31 @@ def _counts(counts: dict[str, int]) -> str:
 def schedule_at(
     app: App, at: str, *, slug: str | None, edition_id: int | None, issue_date: str | None
 ) -> None:
-    """`send --at TIME`: record a one-off send for the scheduler instead of sending now."""
-    settings = app.settings
+    """`send --at TIME`: record a one-off send for the scheduler instead of sending now,
+    and say when that is in the newsletter's timezone and in UTC."""
+    if edition_id is None and not slug:
+        raise InputError("give --newsletter SLUG or --edition ID with --at")
     with app.transaction() as session:
-        if edition_id is not None:
-            edition = editions.get_edition(session, edition_id)
-            slug = edition.newsletter
-        elif not slug:
-            raise InputError("give --newsletter SLUG or --edition ID with --at")
-        newsletter = settings.newsletter(slug)
-        now = utcnow()
-        send_at = parse_send_time(at, timezone=newsletter.timezone, now=now)
-        send = records.schedule_send(
+        one = oneoff.schedule_one_off(
             session,
-            newsletter=slug,
-            send_at=send_at,
-            source="at",
+            settings=app.settings,
+            at=at,
+            slug=slug,
             edition_id=edition_id,
             issue_date=parse_date(issue_date),
-            deadline=send_at + timedelta(minutes=settings.scheduler.one_off_grace_minutes),
+            now=utcnow(),
         )
-        what = f"edition {edition_id}" if edition_id else f"{slug}'s edition of the day"
-        click.echo(
-            f"scheduled {records.send_job_id(send.id)}: {what} at {_when(send_at)} "
-            "(the running scheduler, or `newsletter scheduler --once`, sends it)"
-        )
-
-
-def parse_send_time(value: str, *, timezone: str, now: datetime) -> datetime:
-    """``send --at``: an ISO date-time (naive = in ``timezone``) or ``HH:MM`` (the next
-    such time in ``timezone``). Returns UTC; InputError if unreadable or past."""
-    tz = ZoneInfo(timezone)
-    text = value.strip()
-    try:
-        if len(text) == 5 and text[2] == ":":
-            at = time.fromisoformat(text)
-            local = now.astimezone(tz)
-            when = waves.local_instant(local.date(), at, tz)
-            if when <= now:
-                when = waves.local_instant(local.date() + timedelta(days=1), at, tz)
-            return when
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise InputError(
-            f"--at {value!r} is not a time: use HH:MM or an ISO date-time like 2026-03-08T06:30"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=tz)
-    when = parsed.astimezone(UTC)
-    if when <= now:
-        raise InputError(f"--at {value!r} is in the past")
-    return when
+    what = (
+        f"edition {one.edition_id}" if one.edition_id else f"{one.newsletter}'s edition of the day"
+    )
+    local = one.local_send_at
+    click.echo(
+        f"scheduled {one.job_id}: {what} at {local:%Y-%m-%d %H:%M %Z} ({one.timezone}), "
+        f"{one.send_at:%Y-%m-%d %H:%M} UTC"
+    )
+    if one.tomorrow:
+        click.echo(f"{at.strip()} has already passed today in {one.timezone}: moved to tomorrow")
+    click.echo(
+        f"the running scheduler, or `newsletter scheduler --once`, sends it; not started by "
+        f"{one.deadline.astimezone(local.tzinfo):%H:%M %Z}, it is skipped"
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from newsletter.cli.common import App, emit_rows, format_option, pass_app
+from newsletter.cli.common import ROW_ID, App, emit_rows, format_option, pass_app
 from newsletter.config import Settings
 from newsletter.content import stories
 from newsletter.content.stories import FetchReport
@@ -132,18 +132,27 @@ def list_(app: App, slug: str | None, include_hidden: bool, limit: int, fmt: str
 
 
 def _toggle(app: App, story_id: int, action: str) -> None:
+    sent_in: tuple[int, ...] = ()
     with app.transaction() as session:
         if action == "hidden":
             stories.hide_story(session, story_id=story_id)
         elif action == "shown":
             stories.unhide_story(session, story_id=story_id)
         else:
-            stories.pin_story(session, story_id=story_id, pinned=action == "pinned")
+            pinned = stories.pin_story(session, story_id=story_id, pinned=action == "pinned")
+            sent_in = pinned.sent_in
     click.echo(f"story {story_id} {action}")
+    if sent_in and action == "pinned":
+        which = ("edition " if len(sent_in) == 1 else "editions ") + ", ".join(map(str, sent_in))
+        click.echo(
+            f"note: story {story_id} was already sent in {which}; editions never repeat a "
+            "story, so it will not be in the next one",
+            err=True,
+        )
 
 
 @group.command("hide")
-@click.argument("story_id", type=int)
+@click.argument("story_id", type=ROW_ID)
 @pass_app
 def hide(app: App, story_id: int) -> None:
     """Hide a story so no edition picks it."""
@@ -151,7 +160,7 @@ def hide(app: App, story_id: int) -> None:
 
 
 @group.command("unhide")
-@click.argument("story_id", type=int)
+@click.argument("story_id", type=ROW_ID)
 @pass_app
 def unhide(app: App, story_id: int) -> None:
     """Make a hidden story eligible again."""
@@ -159,7 +168,7 @@ def unhide(app: App, story_id: int) -> None:
 
 
 @group.command("pin")
-@click.argument("story_id", type=int)
+@click.argument("story_id", type=ROW_ID)
 @click.option("--off", is_flag=True, help="Unpin instead.")
 @pass_app
 def pin(app: App, story_id: int, off: bool) -> None:

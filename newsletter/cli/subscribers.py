@@ -9,9 +9,7 @@ person is re-subscribed only with ``--resubscribe``; suppressed addresses never.
 from __future__ import annotations
 
 import csv
-import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
@@ -20,7 +18,16 @@ import click
 
 from newsletter.audience import imports, suppression
 from newsletter.audience import subscribers as svc
-from newsletter.cli.common import App, Group, emit_rows, format_option, pass_app, safe_cell
+from newsletter.cli.common import (
+    LIMIT,
+    App,
+    Group,
+    atomic_file,
+    emit_rows,
+    format_option,
+    pass_app,
+    safe_cell,
+)
 from newsletter.config import Settings
 from newsletter.delivery import links
 from newsletter.errors import InputError
@@ -121,9 +128,11 @@ def add(
 def import_(app: App, file: Path, newsletters: tuple[str, ...], status: str) -> None:
     """Import subscribers from a CSV FILE (header: email,name,timezone,newsletters).
 
-    Bad rows are listed as `line N: email: reason` and skipped; the rest is imported
-    in one transaction. Re-importing a file changes nothing; unsubscribed and
-    suppressed addresses are never re-subscribed.
+    Bad rows are listed on stderr as `line N: email: reason` and skipped; the rest is
+    imported in one transaction. Exit status 0 when every row was imported, 1 when
+    some were rejected, 2 when the file cannot be read at all (nothing imported).
+    Re-importing a file changes nothing; unsubscribed and suppressed addresses are
+    never re-subscribed.
     """
     settings = app.settings
     with app.transaction() as session:
@@ -146,13 +155,20 @@ def import_(app: App, file: Path, newsletters: tuple[str, ...], status: str) -> 
     ):
         click.echo(f"  {label:<24}{value:>8}")
     for err in report.errors:
-        click.echo(f"line {err.line}: {err.email or '-'}: {err.reason}")
+        click.echo(f"line {err.line}: {err.email or '-'}: {err.reason}", err=True)
+    if report.errors:
+        click.echo(
+            f"{len(report.errors)} of {report.rows} rows rejected (listed above); "
+            "the others were imported",
+            err=True,
+        )
+        raise click.exceptions.Exit(1)
 
 
 @group.command("list")
 @click.option("--newsletter", default=None, help="Only this newsletter.")
 @click.option("--status", type=ALL_STATUSES, default=None, help="Only this status.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N rows.")
+@click.option("--limit", type=LIMIT, default=None, help="At most N rows.")
 @format_option()
 @pass_app
 def list_(
@@ -201,19 +217,8 @@ def export(app: App, output: Path | None, newsletter: str | None) -> None:
             _write_export(sys.stdout, rows)
             return
         # Write beside the target and rename, so a reader never sees half a file.
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-        except OSError as exc:
-            raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                count = _write_export(fh, rows)
-            os.replace(tmp, output)
-        except BaseException as exc:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
-            raise
+        with atomic_file(output, newline="") as fh:
+            count = _write_export(fh, rows)
     click.echo(f"exported {count} subscribers to {output}", err=True)
 
 

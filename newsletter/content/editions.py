@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 from newsletter.config import NewsletterSettings, Settings
 from newsletter.content import render, types
 from newsletter.content.sanitise import clean_summary, summary_text
-from newsletter.errors import NoStoriesError, NotFoundError, StateError
+from newsletter.errors import NoStoriesError, NotFoundError, RenderError, StateError
 from newsletter.models import (
     Edition,
     EditionKind,
@@ -182,6 +182,7 @@ def build_edition(
             if existing is None:  # pragma: no cover - constraint fired for another reason
                 raise
             return existing, False
+        edition.subject = draft_subject(edition, settings)
         log.info(
             "built edition %s of %s for %s with %d stories",
             edition.id,
@@ -193,7 +194,8 @@ def build_edition(
     edition.items.clear()
     session.flush()
     _freeze_items(edition, stories)
-    edition.subject, edition.html, edition.text = "", None, None
+    session.flush()
+    edition.subject, edition.html, edition.text = draft_subject(edition, settings), None, None
     session.flush()
     log.info("rebuilt edition %s of %s with %d stories", edition.id, slug, len(stories))
     return edition, True
@@ -263,6 +265,23 @@ def edition_view(edition: Edition, settings: Settings) -> types.EditionView:
     )
 
 
+def draft_subject(edition: Edition, settings: Settings) -> str:
+    """The subject a built edition will carry, shown (``edition list``) before sending
+    starts and renders it for good; "" when the subject template fails (the pre-send
+    checks report why), so a broken template never stops a build."""
+    newsletter = settings.newsletter(edition.newsletter)
+    try:
+        return render.render_subject(
+            edition_view(edition, settings),
+            brand=types.Brand.from_settings(settings),
+            subject_template=newsletter.subject,
+            templates_dir=settings.templates_path,
+        )
+    except RenderError as exc:
+        log.warning("edition %s: no subject yet: %s", edition.id, exc)
+        return ""
+
+
 def render_edition(edition: Edition, settings: Settings) -> types.RenderedEdition:
     """Render ``edition`` with the newsletter's templates (no side effects)."""
     newsletter = settings.newsletter(edition.newsletter)
@@ -323,6 +342,7 @@ def hold_edition(
             status=edition.status.value,
         )
     transition_edition(edition, EditionStatus.HELD)
+    edition.status_reason = reason
     log.warning("edition %s of %s held: %s", edition.id, edition.newsletter, reason)
     return edition
 
@@ -338,5 +358,6 @@ def release_edition(session: Session, *, edition_id: int) -> Edition:
             edition_id=edition_id,
         )
     transition_edition(edition, EditionStatus.BUILT)
+    edition.status_reason = None
     log.info("edition %s of %s released", edition.id, edition.newsletter)
     return edition

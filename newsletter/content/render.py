@@ -204,15 +204,28 @@ def render_edition(
     """
     templates_dir = Path(templates_dir)
     ctx = _context(view, brand)
+    subject = _subject(ctx, subject_template, templates_dir)
+    html = _compile_mjml(_render_file(f"{template}.mjml.j2", ctx, templates_dir), template)
+    text = _render_file(f"{template}.txt.j2", ctx, templates_dir)
+    return RenderedEdition(subject=subject, html=html, text=_tidy_text(text))
+
+
+def render_subject(
+    view: EditionView, *, brand: Brand, subject_template: str, templates_dir: Path
+) -> str:
+    """Just the subject :func:`render_edition` would give (cheap: no MJML), so a built
+    edition can show its subject before its content is rendered. Raises RenderError."""
+    templates_dir = Path(templates_dir)
+    return _subject(_context(view, brand), subject_template, templates_dir)
+
+
+def _subject(ctx: dict[str, Any], subject_template: str, templates_dir: Path) -> str:
     try:
         subject_ctx = {k: ctx[k] for k in ("newsletter", "edition", "lead", "stories")}
         raw_subject = _subject_template(templates_dir, subject_template).render(subject_ctx)
     except jinja2.TemplateError as exc:
         raise _jinja_error(f"subject template {subject_template!r}", exc, templates_dir) from None
-    subject = _shorten(_one_line(raw_subject), MAX_SUBJECT_CHARS)
-    html = _compile_mjml(_render_file(f"{template}.mjml.j2", ctx, templates_dir), template)
-    text = _render_file(f"{template}.txt.j2", ctx, templates_dir)
-    return RenderedEdition(subject=subject, html=html, text=_tidy_text(text))
+    return _shorten(_one_line(raw_subject), MAX_SUBJECT_CHARS)
 
 
 def render_mjml_source(

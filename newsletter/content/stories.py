@@ -48,10 +48,11 @@ from newsletter.content.sanitise import (
     url_problem,
 )
 from newsletter.errors import FeedError, InputError, NotFoundError
-from newsletter.models import Story, StoryOrigin, utcnow
+from newsletter.models import Edition, EditionStory, Story, StoryOrigin, utcnow
 
 __all__ = [
     "FetchReport",
+    "Pinned",
     "add_story",
     "canonical_url",
     "clean_summary",
@@ -377,7 +378,9 @@ def _log_report(report: FetchReport) -> None:
         return
     for warning in report.warnings:
         log.warning("%s: %s", report.feed, warning)
-    log.info(
+    # DEBUG, not INFO: the caller reports each feed's counts once (the CLI prints a
+    # line per feed, the scheduler records them in the run).
+    log.debug(
         "%s: %d added, %d duplicates, %d skipped",
         report.feed, report.added, report.duplicates, report.skipped,
     )  # fmt: skip
@@ -559,8 +562,27 @@ def unhide_story(session: Session, *, story_id: int) -> Story:
     return hide_story(session, story_id=story_id, hidden=False)
 
 
-def pin_story(session: Session, *, story_id: int, pinned: bool = True) -> Story:
-    """Pin a story so the edition builder puts it first (``pinned=False`` unpins)."""
+@dataclass(frozen=True)
+class Pinned:
+    """What :func:`pin_story` did: the story, and the editions of its newsletter that
+    already sent it (an edition never repeats a story another one carried, so a pin
+    does not bring it back)."""
+
+    story: Story
+    sent_in: tuple[int, ...] = ()
+
+
+def pin_story(session: Session, *, story_id: int, pinned: bool = True) -> Pinned:
+    """Pin a story so the edition builder puts it first (``pinned=False`` unpins).
+
+    Returns the story with the ids of the editions that already sent it (sending
+    started), oldest first. Raises NotFoundError."""
     story = _story(session, story_id)
     story.pinned = pinned
-    return story
+    sent = select(EditionStory.edition_id).join(Edition, Edition.id == EditionStory.edition_id)
+    sent = sent.where(
+        EditionStory.story_id == story.id,
+        Edition.newsletter == story.newsletter,
+        Edition.send_started_at.is_not(None),
+    )
+    return Pinned(story, tuple(session.scalars(sent.order_by(EditionStory.edition_id))))

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings
 from newsletter.content import editions, render
 from newsletter.content.types import RenderedEdition
-from newsletter.delivery import ledger, links
+from newsletter.delivery import ledger, links, log
 from newsletter.delivery.personalise import Personaliser
 from newsletter.models import Edition, EditionStatus
 
@@ -66,7 +66,7 @@ class DryRun:
 
 def _dry_run(session: Session, settings: Settings, edition: Edition, *, stored: bool) -> DryRun:
     content = content_of(edition, settings)
-    frozen = sum(ledger.stats(session, edition_id=edition.id).values()) if stored else 0
+    frozen = sum(log.stats(session, edition_id=edition.id).values()) if stored else 0
     audience = frozen or ledger.audience_count(session, slug=edition.newsletter)
     return DryRun(
         edition_id=edition.id if stored else None,

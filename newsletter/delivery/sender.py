@@ -1,66 +1,40 @@
-"""Sending an edition: freeze content and audience, then claim → send → record.
+"""The send unit: one batch of one edition (claim → provider → record), and the start
+and end of a send around it.
 
-Each batch is claimed and committed before the provider sees it, and its outcome
-is committed right after, so the ledger always says who was sent what; see
-ledger.py for the states. The CLI, the scheduler and tests all call
-:func:`send_edition`.
+:func:`send_batch` claims a batch and commits the claim, hands it to the provider,
+and commits the outcome, so the ledger always says who was sent what (see
+:mod:`newsletter.delivery.ledger`). It holds no threads, signals or sleeps: a
+runner calls it in a loop (:mod:`newsletter.delivery.runner` in the CLI and the
+scheduler, a Celery task on other machines) and waits when it is told to. What
+the runners share (which provider is in use, the rate, the failure counts) lives
+in the database (:mod:`newsletter.delivery.pacing`), so runners on several
+machines keep one rate and one decision.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.process
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
-from types import FrameType
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.content import editions, render, types
 from newsletter.db import transaction
-from newsletter.delivery import ledger
-from newsletter.delivery.links import recipient
-from newsletter.delivery.pacing import Failover, FailureGuard, RateLimiter
+from newsletter.delivery import ledger, log, pacing, registry
+from newsletter.delivery.links import recipient, recipient_links
 from newsletter.delivery.providers.base import Provider
-from newsletter.delivery.types import Outcome, PreparedEdition
+from newsletter.delivery.types import Claimed, Outcome, PreparedEdition, Recipient
 from newsletter.errors import ProviderConfigError, StateError
 from newsletter.models import DeliveryStatus, Edition, EditionStatus, transition_edition, utcnow
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (handled in this batch, total audience)
-POLL_SECONDS = 0.25
-
-
-@dataclass
-class SendReport:
-    """What one `send` run did, and where the edition stands afterwards."""
-
-    edition_id: int
-    newsletter: str
-    newly_queued: int = 0
-    sent: int = 0
-    failed: int = 0
-    retried: int = 0
-    recovered_uncertain: int = 0
-    stopped: str | None = None
-    elapsed: float = 0.0
-    counts: dict[DeliveryStatus, int] = field(default_factory=dict)
-
-    @property
-    def audience(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def complete(self) -> bool:
-        return not any(self.counts.get(s, 0) for s in ledger.OPEN)
+TEST_PREFIX = "[TEST] "
 
 
 def prepare(
@@ -82,31 +56,45 @@ def prepare(
     )
 
 
-@contextmanager
-def _graceful_stop() -> Iterator[threading.Event]:
-    """Ctrl-C / SIGTERM finish the batch in flight, then stop (no uncertain rows)."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        log.warning("stopping after the batch in flight (signal %d again to abort)", signum)
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _resend_uncertain(settings: Settings, provider: Provider | None = None) -> bool:
-    """Whether rows left uncertain by a crash go out again (see providers/base.py)."""
+def resend_uncertain(settings: Settings, provider: Provider | None = None) -> bool:
+    """Whether rows whose outcome is unknown go out again (see providers/base.py)."""
     return settings.delivery.uncertain == "resend" or bool(provider and provider.idempotent)
+
+
+def preflight(primary: Provider, secondary: Provider | None = None) -> None:
+    """Prove the providers can work (reachable, credentials taken) before anything is
+    frozen or claimed; raises ProviderConfigError (or ProviderError when busy)."""
+    for provider in (primary, secondary):
+        if provider is not None:
+            provider.check()
+
+
+def retry_until(settings: Settings, edition: Edition, now: datetime) -> datetime:
+    """When the retry window of a send starting ``now`` closes.
+
+    ``delivery.retry_window`` after ``now``, and never past the newsletter's
+    ``stale_after`` (a local clock time on the issue date, or a delay after ``now``)
+    unless that has already passed: a send started late on purpose still retries.
+    """
+    window = now + settings.delivery.retry_delay
+    nl = settings.newsletter(edition.newsletter)
+    spec = nl.staleness
+    if isinstance(spec, timedelta):
+        stale = now + spec
+    else:
+        local = datetime.combine(edition.issue_date, spec, tzinfo=ZoneInfo(nl.timezone))
+        stale = local.astimezone(UTC)
+    return min(window, stale) if stale > now else window
+
+
+@dataclass(frozen=True)
+class Started:
+    """What starting (or restarting) a send found and did."""
+
+    edition: Edition
+    content: types.RenderedEdition
+    queued: int  # rows created now (the first start only)
+    recovered: int  # claims of dead runners marked uncertain
 
 
 def start_send(
@@ -115,353 +103,261 @@ def start_send(
     settings: Settings,
     edition_id: int,
     now: datetime,
-    resend_uncertain: bool | None = None,
-) -> tuple[Edition, types.RenderedEdition, int, int]:
-    """Freeze content and audience (first run only) and mark the edition sending.
+    resend: bool | None = None,
+    gone: tuple[str, ...] = (),
+) -> Started:
+    """Freeze content and audience (first start only) and mark the edition sending.
 
-    ``resend_uncertain`` (default: from settings) decides what happens to a batch a
-    dead sender left behind. Returns ``(edition, content, newly queued, recovered
-    uncertain)``. Refuses paused
-    or cancelled editions; a finished edition with nothing open is left as it is.
+    Claims of the runners in ``gone`` (and of expired leases) become uncertain;
+    ``resend`` (default: from settings) sends them again. Raises StateError for a
+    held, paused or cancelled edition, CheckFailed when the content fails its checks.
     """
     edition = editions.get_edition(session, edition_id, for_update=True)
-    if edition.status is EditionStatus.CANCELLED:
+    refusals = {
+        EditionStatus.CANCELLED: "was cancelled; nothing will be sent",
+        EditionStatus.HELD: "is held for review",
+        EditionStatus.PAUSED: "is paused",
+    }
+    if edition.status in refusals:
+        why = f" ({edition.status_reason})" if edition.status_reason else ""
         raise StateError(
-            f"edition {edition.id} was cancelled; nothing will be sent",
-            code="edition.cancelled",
+            f"edition {edition.id} {refusals[edition.status]}{why}",
+            code=f"edition.{edition.status.value}",
             edition_id=edition.id,
-        )
-    if edition.status is EditionStatus.HELD:
-        raise StateError(
-            f"edition {edition.id} is held for review",
-            code="edition.held",
-            edition_id=edition.id,
-        )
-    if edition.status is EditionStatus.PAUSED:
-        raise StateError(
-            f"edition {edition.id} is paused", code="edition.paused", edition_id=edition.id
+            reason=edition.status_reason,
         )
     content = editions.freeze_content(session, edition=edition, settings=settings)
     queued = 0
     if edition.send_started_at is None:
         queued = ledger.freeze_audience(
-            session, edition_id=edition.id, slug=edition.newsletter, now=now
+            session,
+            edition_id=edition.id,
+            slug=edition.newsletter,
+            now=now,
+            retry_until=retry_until(settings, edition, now),
         )
         edition.send_started_at = now
-        log.info("edition %s: audience frozen, %d deliveries queued", edition.id, queued)
-    recovered = ledger.recover_expired(
+        logger.info("edition %s: audience frozen, %d deliveries queued", edition.id, queued)
+    recovered = ledger.recover(
         session,
         edition_id=edition.id,
         now=now,
-        resend=_resend_uncertain(settings) if resend_uncertain is None else resend_uncertain,
+        resend=resend_uncertain(settings) if resend is None else resend,
+        gone=gone,
     )
-    counts = ledger.stats(session, edition_id=edition.id)
-    has_open = any(counts[s] for s in ledger.OPEN)
-    if edition.status is EditionStatus.BUILT or (edition.status is EditionStatus.SENT and has_open):
+    if edition.status is EditionStatus.BUILT or (
+        edition.status is EditionStatus.SENT and log.has_open(session, edition_id=edition.id)
+    ):
         transition_edition(edition, EditionStatus.SENDING)
-    return edition, content, queued, recovered
+    return Started(edition, content, queued, recovered)
 
 
-def _finish_if_done(session: Session, edition_id: int, now: datetime) -> bool:
-    edition = editions.get_edition(session, edition_id, for_update=True)
-    counts = ledger.stats(session, edition_id=edition_id)
-    if any(counts[s] for s in ledger.OPEN):
+@dataclass(frozen=True)
+class Send:
+    """One edition's send as a runner holds it: what every batch needs."""
+
+    settings: Settings
+    edition_id: int
+    prepared: PreparedEdition
+    primary: Provider
+    secondary: Provider | None
+    runner: str
+    resend: bool
+
+    def provider(self, name: str | None) -> Provider:
+        """The provider the shared state names (the primary unless failed over)."""
+        if self.secondary is not None and name == self.secondary.name:
+            return self.secondary
+        return self.primary
+
+
+def open_send(
+    sessions: sessionmaker[Session],
+    *,
+    settings: Settings,
+    edition_id: int,
+    primary: Provider,
+    secondary: Provider | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    fresh: bool = True,
+) -> tuple[Send, Started]:
+    """Start (or join) an edition's send as this process's runner.
+
+    Checks the providers first (nothing is frozen when one cannot work), registers
+    the runner, recovers the claims of runners that are gone, freezes what the
+    first start freezes. ``fresh`` (a new send command, not a helper joining it)
+    clears an earlier stop. Raises like :func:`preflight` and :func:`start_send`.
+    """
+    preflight(primary, secondary)
+    resend = resend_uncertain(settings, primary)
+    with transaction(sessions) as session:
+        now = clock()
+        dead = registry.gone(
+            session, now=now, heartbeat_seconds=settings.delivery.heartbeat_seconds
+        )
+        runner = registry.register(session, now=now)
+        started = start_send(
+            session,
+            settings=settings,
+            edition_id=edition_id,
+            now=now,
+            resend=resend,
+            gone=tuple(dead),
+        )
+        pacing.open_state(session, edition_id=edition_id, provider=primary.name, fresh=fresh)
+        prepared = prepare(settings, started.edition, started.content)
+    send = Send(settings, edition_id, prepared, primary, secondary, runner, resend)
+    return send, started
+
+
+class StepKind(StrEnum):
+    """What one call of :func:`send_batch` did."""
+
+    BATCH = "batch"  # a batch went to the provider
+    WAIT = "wait"  # nothing to do now: look again at ``until`` (or soon)
+    DONE = "done"  # every row is handled; the edition is sent
+    STOPPED = "stopped"  # paused, cancelled, an outage, or every batch failing alike
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    recorded: ledger.Recorded | None = None
+    until: datetime | None = None
+    reason: str | None = None
+    handed: int = 0  # recipients handed to the provider
+
+
+def _recipients(send: Send, claimed: list[Claimed]) -> list[Recipient]:
+    links = recipient_links(send.settings, send.prepared.newsletter)
+    out = []
+    for c in claimed:
+        unsubscribe, preferences, mailto = links(c.subscriber_key)
+        out.append(Recipient(c.id, c.email, c.name, unsubscribe, preferences, mailto))
+    return out
+
+
+def send_batch(
+    sessions: sessionmaker[Session], send: Send, *, clock: Callable[[], datetime] = utcnow
+) -> Step:
+    """Send the next batch of ``send``'s edition: claim → provider → record.
+
+    Returns what happened; raises ProviderConfigError when the provider refuses to
+    work at all (the batch is handed back untouched first).
+    """
+    delivery = send.settings.delivery
+    edition_id = send.edition_id
+    with transaction(sessions) as session:
+        status = editions.edition_status(session, edition_id)
+        if status in (EditionStatus.PAUSED, EditionStatus.CANCELLED):
+            return Step(StepKind.STOPPED, reason=status.value)
+        name, stopped = pacing.current(session, edition_id=edition_id)
+        if stopped:
+            return Step(StepKind.STOPPED, reason=stopped)
+        provider = send.provider(name)
+        now = clock()
+        wait = pacing.rate_wait(session, key=provider.name, rate=delivery.rate_per_second, now=now)
+        if wait > 0:
+            return Step(StepKind.WAIT, until=now + timedelta(seconds=wait))
+        batch_id, claimed = ledger.claim_batch(
+            session,
+            edition_id=edition_id,
+            limit=min(delivery.batch_size, provider.max_batch),
+            lease_seconds=delivery.lease_seconds,
+            now=now,
+            runner_id=send.runner,
+        )
+        pacing.take_rate(
+            session,
+            key=provider.name,
+            rate=delivery.rate_per_second,
+            messages=len(claimed),
+            now=now,
+        )
+    if not claimed:
+        return _nothing_due(sessions, send, clock)
+    recipients = _recipients(send, claimed)
+    try:
+        outcomes = provider.send_batch(send.prepared, recipients)
+    except ProviderConfigError:
+        with transaction(sessions) as session:
+            ledger.release(session, batch_id=batch_id, claimed=claimed, now=clock())
+        raise
+    with transaction(sessions) as session:
+        now = clock()
+        recorded = ledger.record_outcomes(
+            session,
+            batch_id=batch_id,
+            outcomes=outcomes,
+            claimed=claimed,
+            provider=provider.name,
+            now=now,
+            retry_base=delivery.retry_base_seconds,
+            max_attempts=delivery.max_attempts,
+            resend_uncertain=send.resend,
+        )
+        decision = pacing.observe(
+            session,
+            edition_id=edition_id,
+            provider=provider.name,
+            secondary=send.secondary.name if send.secondary else None,
+            outcomes=outcomes,
+            now=now,
+            settings=delivery,
+        )
+    if decision.verdict in (pacing.Verdict.OUTAGE, pacing.Verdict.STOPPED):
+        return Step(StepKind.STOPPED, recorded, reason=decision.reason, handed=len(claimed))
+    return Step(StepKind.BATCH, recorded, handed=len(claimed))
+
+
+def _nothing_due(
+    sessions: sessionmaker[Session], send: Send, clock: Callable[[], datetime]
+) -> Step:
+    """No row to claim now: finish the edition, or say when to look again."""
+    with transaction(sessions) as session:
+        now = clock()
+        ledger.expire_waiting(session, edition_id=send.edition_id, now=now)
+        if finish_if_done(session, edition_id=send.edition_id, now=now):
+            return Step(StepKind.DONE)
+        due = log.next_due(session, edition_id=send.edition_id)
+        lease = log.next_lease_expiry(session, edition_id=send.edition_id)
+    # Rows claimed by another runner finish soon (or their lease runs out).
+    until = min(t for t in (due, lease) if t is not None) if (due or lease) else None
+    return Step(StepKind.WAIT, until=until)
+
+
+def recover_gone(sessions: sessionmaker[Session], send: Send, *, now: datetime) -> int:
+    """Recover the claims of runners that died meanwhile (a waiting runner's chore)."""
+    with transaction(sessions) as session:
+        dead = registry.gone(
+            session, now=now, heartbeat_seconds=send.settings.delivery.heartbeat_seconds
+        )
+        return ledger.recover(
+            session, edition_id=send.edition_id, now=now, resend=send.resend, gone=dead
+        )
+
+
+def finish_if_done(session: Session, *, edition_id: int, now: datetime) -> bool:
+    """Mark a sending edition sent when nothing is open; True when nothing is."""
+    if log.has_open(session, edition_id=edition_id):
         return False
+    edition = editions.get_edition(session, edition_id, for_update=True)
     if edition.status is EditionStatus.SENDING:
         transition_edition(edition, EditionStatus.SENT)
         edition.send_finished_at = now
     return True
 
 
-@dataclass
-class _Run:
-    """The shared state of one send: what every sender thread works from."""
-
-    sessions: sessionmaker[Session]
-    settings: Settings
-    edition_id: int
-    prepared: PreparedEdition
-    providers: Failover
-    limiter: RateLimiter | None
-    clock: Callable[[], datetime]
-    sleep: Callable[[float], None] | None
-    progress: Progress | None
-    total: int
-    report: SendReport
-    stop: threading.Event
-    guard: FailureGuard
-    resend: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    error: BaseException | None = None
-
-    def worker(self) -> None:
-        """Claim → send → record until the edition is done, paused or stopped."""
-        try:
-            while not self.stop.is_set() and self.one_batch():
-                pass
-        except BaseException as exc:  # re-raised by the caller's thread
-            with self.lock:
-                self.error = self.error or exc
-            self.stop.set()
-
-    def one_batch(self) -> bool:
-        """Handle one batch; False when this worker should end."""
-        delivery = self.settings.delivery
-        provider = self.providers.current
-        with transaction(self.sessions) as session:
-            status = editions.edition_status(session, self.edition_id)
-            if status in (EditionStatus.PAUSED, EditionStatus.CANCELLED):
-                self.report.stopped = status.value
-                return False
-            batch_id, claimed = ledger.claim_batch(
-                session,
-                edition_id=self.edition_id,
-                limit=min(delivery.batch_size, provider.max_batch),
-                lease_seconds=delivery.lease_seconds,
-                now=self.clock(),
-            )
-        if not claimed:
-            return not _wait_or_finish(
-                self.sessions, self.edition_id, self.clock, self.sleep, self.settings, self.resend
-            )
-        slug = self.prepared.newsletter
-        recipients = [
-            recipient(
-                self.settings,
-                delivery_id=c.id,
-                email=c.email,
-                name=c.name,
-                key=c.subscriber_key,
-                newsletter=slug,
-            )
-            for c in claimed
-        ]
-        if self.limiter and (delay := self.limiter.delay_for(len(recipients))) > 0:
-            time.sleep(delay)
-        try:
-            outcomes = provider.send_batch(self.prepared, recipients)
-        except ProviderConfigError:
-            with transaction(self.sessions) as session:
-                # Nothing in this batch was accepted: hand it back untouched.
-                ledger.release(session, batch_id=batch_id, claimed=claimed, now=self.clock())
-            raise
-        self.providers.record(provider, outcomes)
-        with transaction(self.sessions) as session:
-            counts = ledger.record_outcomes(
-                session,
-                batch_id=batch_id,
-                outcomes=outcomes,
-                claimed=claimed,
-                provider=provider.name,
-                now=self.clock(),
-                max_attempts=delivery.max_attempts,
-                retry_base=delivery.retry_base_seconds,
-            )
-        with self.lock:
-            self.report.sent += counts["sent"]
-            self.report.failed += counts["failed"]
-            self.report.retried += counts["retry"]
-            if self.progress:
-                self.progress(counts["sent"] + counts["failed"], self.total)
-        self.guard.check(outcomes)  # after recording: what failed stays on the log
-        return True
-
-
-def send_edition(
-    sessions: sessionmaker[Session],
-    *,
-    settings: Settings,
-    edition_id: int,
-    provider: Provider,
-    secondary: Provider | None = None,
-    progress: Progress | None = None,
-    clock: Callable[[], datetime] = utcnow,
-    sleep: Callable[[float], None] = time.sleep,
-    wait: bool = True,
-) -> SendReport:
-    """Send edition ``edition_id`` to its frozen audience; safe to run again.
-
-    Recipients already sent (or failed) are never sent again. With ``wait`` the call
-    returns when every recipient is handled, sleeping for retries and later waves;
-    without, it sends what is due now and returns. ``delivery.concurrency`` sender
-    threads share the work; ``delivery.rate_per_second`` throttles them; after
-    ``delivery.failover_after`` wholly-transient failed batches in a row the rest
-    goes through ``secondary``; ``delivery.stop_after_failed_batches`` batches in a row
-    failed outright for one reason stop the send (ProviderError). Raises StateError
-    for a paused/cancelled edition,
-    RenderError/CheckFailed when the content fails its checks, ProviderConfigError
-    when a provider cannot send.
-    """
-    started = time.monotonic()
-    delivery = settings.delivery
-    for p in (provider, secondary):
-        if p is not None:
-            p.check()
-    with transaction(sessions) as session:
-        edition, content, queued, recovered = start_send(
-            session,
-            settings=settings,
-            edition_id=edition_id,
-            now=clock(),
-            resend_uncertain=_resend_uncertain(settings, provider),
-        )
-        prepared = prepare(settings, edition, content)
-        before = ledger.stats(session, edition_id=edition_id)
-        total = sum(before.values())
-        sent_before, failed_before = before[DeliveryStatus.SENT], before[DeliveryStatus.FAILED]
-    report = SendReport(
-        edition_id, edition.newsletter, newly_queued=queued, recovered_uncertain=recovered
-    )
-    with _graceful_stop() as stop:
-        run = _Run(
-            sessions=sessions,
-            settings=settings,
-            edition_id=edition_id,
-            prepared=prepared,
-            providers=Failover(provider, secondary, delivery.failover_after),
-            limiter=RateLimiter(delivery.rate_per_second) if delivery.rate_per_second else None,
-            clock=clock,
-            sleep=sleep if wait else None,
-            progress=progress,
-            total=total,
-            report=report,
-            stop=stop,
-            guard=FailureGuard(delivery.stop_after_failed_batches),
-            resend=_resend_uncertain(settings, provider),
-        )
-        helpers = _start_helper_processes(settings, edition_id, wait=wait)
-        if delivery.concurrency == 1:
-            run.worker()
-        else:
-            threads = [
-                threading.Thread(target=run.worker, name=f"sender-{i}", daemon=True)
-                for i in range(delivery.concurrency)
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        for helper in helpers:
-            helper.join()
-            if helper.exitcode:
-                log.warning("sender process %s exited with code %s", helper.name, helper.exitcode)
-        if run.error is not None:
-            raise run.error
-        if stop.is_set() and not report.stopped:
-            report.stopped = "interrupted"
-    with transaction(sessions) as session:
-        report.counts = ledger.stats(session, edition_id=edition_id)
-    if helpers:
-        # The helper processes' share is only visible in the ledger.
-        report.sent = report.counts[DeliveryStatus.SENT] - sent_before
-        report.failed = report.counts[DeliveryStatus.FAILED] - failed_before
-    report.elapsed = time.monotonic() - started
-    log.info(
-        "edition %s: sent %d, failed %d, retrying %d in %.1f s",
-        edition_id,
-        report.sent,
-        report.failed,
-        report.retried,
-        report.elapsed,
-    )
-    return report
-
-
-def _start_helper_processes(
-    settings: Settings, edition_id: int, *, wait: bool
-) -> Sequence[multiprocessing.process.BaseProcess]:
-    """Start ``delivery.processes - 1`` more sender processes on the same edition.
-
-    Python runs one thread at a time, so a big send uses more cores through
-    processes; the ledger's claims keep them from ever sharing a recipient.
-    """
-    extra = settings.delivery.processes - 1
-    if extra <= 0:
-        return []
-    spawn = multiprocessing.get_context("spawn")
-    helpers = [
-        spawn.Process(
-            target=_helper_process, args=(settings, edition_id, wait), name=f"sender-p{i + 1}"
-        )
-        for i in range(extra)
-    ]
-    for helper in helpers:
-        helper.start()
-    return helpers
-
-
-def _helper_process(settings: Settings, edition_id: int, wait: bool) -> None:
-    """Entry point of a helper sender process: its own engine, provider and threads."""
-    from newsletter.db import make_engine, session_factory
-    from newsletter.delivery.providers import open_providers
-
-    logging.basicConfig(
-        level=settings.service.log_level,
-        format="%(asctime)s %(levelname)s %(processName)s: %(message)s",
-    )
-    single = settings.model_copy(
-        update={"delivery": settings.delivery.model_copy(update={"processes": 1})}
-    )
-    engine = make_engine(single.database_url)
-    try:
-        with open_providers(single) as (provider, secondary):
-            send_edition(
-                session_factory(engine),
-                settings=single,
-                edition_id=edition_id,
-                provider=provider,
-                secondary=secondary,
-                wait=wait,
-            )
-    finally:
-        engine.dispose()
-
-
-def _wait_or_finish(
-    sessions: sessionmaker[Session],
-    edition_id: int,
-    clock: Callable[[], datetime],
-    sleep: Callable[[float], None] | None,
-    settings: Settings,
-    resend: bool,
-) -> bool:
-    """Nothing claimable now: finish the edition, or wait for retries/leases.
-
-    Returns True when the loop should end: the edition is done, or ``sleep`` is None
-    (the caller sends only what is due now)."""
-    with transaction(sessions) as session:
-        if _finish_if_done(session, edition_id, clock()):
-            return True
-        now = clock()
-        due = ledger.next_due(session, edition_id=edition_id)
-        lease = ledger.next_lease_expiry(session, edition_id=edition_id)
-    if sleep is None:
-        return True
-    delay = (due - now).total_seconds() if due else 1.0
-    if lease is not None:
-        # Rows are claimed: by a sibling thread or another sender (finishing soon), or by
-        # one that died (its lease runs out). Look again shortly either way.
-        delay = min(delay, POLL_SECONDS, (lease - now).total_seconds())
-    sleep(min(max(delay, 0.05), float(settings.delivery.lease_seconds)))
-    with transaction(sessions) as session:
-        ledger.recover_expired(
-            session,
-            edition_id=edition_id,
-            now=clock(),
-            resend=resend,
-        )
-    return False
-
-
 def send_test(
     session: Session, *, settings: Settings, edition_id: int, email: str, provider: Provider
 ) -> Outcome:
-    """Send one copy of an edition to ``email`` only; no ledger row, no audience."""
+    """Send one copy of an edition to ``email`` only (subject ``[TEST] …``); no ledger row."""
     provider.check()
     edition = editions.get_edition(session, edition_id)
     content = editions.frozen_content(edition) or editions.render_edition(edition, settings)
     render.check_or_raise(content, edition_id=edition.id)
-    prepared = prepare(settings, edition, content)
+    test = replace(content, subject=TEST_PREFIX + content.subject.strip())
+    prepared = prepare(settings, edition, test)
     who = recipient(
         settings, delivery_id=None, email=email, name="", key="test", newsletter=edition.newsletter
     )
@@ -470,14 +366,15 @@ def send_test(
 
 
 def pause(session: Session, *, edition_id: int) -> Edition:
-    """Pause a send: running senders stop after their batch; queued rows wait."""
+    """Pause a send: runners stop after their batch; queued rows wait."""
     edition = editions.get_edition(session, edition_id, for_update=True)
     transition_edition(edition, EditionStatus.PAUSED)
+    edition.status_reason = None
     return edition
 
 
 def resume(session: Session, *, edition_id: int) -> Edition:
-    """Allow a paused edition to send again (the caller then runs send_edition)."""
+    """Allow a paused edition to send again (the caller then runs the send)."""
     edition = editions.get_edition(session, edition_id, for_update=True)
     if edition.status is not EditionStatus.PAUSED:
         raise StateError(
@@ -486,7 +383,30 @@ def resume(session: Session, *, edition_id: int) -> Edition:
             edition_id=edition_id,
         )
     transition_edition(edition, EditionStatus.SENDING)
+    edition.status_reason = None
     return edition
+
+
+def requeue(
+    session: Session,
+    *,
+    settings: Settings,
+    edition_id: int,
+    statuses: list[DeliveryStatus],
+    now: datetime,
+) -> int:
+    """Queue an edition's uncertain or failed rows again, with a fresh retry window.
+
+    Raises NotFoundError for an unknown edition. The next send of it sends them.
+    """
+    editions.get_edition(session, edition_id)
+    return ledger.requeue(
+        session,
+        edition_id=edition_id,
+        statuses=statuses,
+        now=now,
+        retry_until=now + settings.delivery.retry_delay,
+    )
 
 
 def cancel(session: Session, *, edition_id: int, now: datetime | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NamedTuple
 
 from newsletter.content.types import RecipientValues, RenderedEdition
@@ -77,4 +78,5 @@ class Claimed(NamedTuple):
     email: str
     name: str
     subscriber_key: str
-    attempts: int
+    attempts: int  # provider calls so far
+    retry_until: datetime | None  # its retry window closes then

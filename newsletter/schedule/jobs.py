@@ -17,24 +17,28 @@ import logging
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter.content import editions, stories
+from newsletter.content import editions
 from newsletter.db import transaction
-from newsletter.delivery import ledger, sender
-from newsletter.errors import CheckFailed, NewsletterError
+from newsletter.delivery import ledger, runner, sender
+from newsletter.delivery import log as delivery_log
+from newsletter.delivery.pacing import OUTAGE
+from newsletter.errors import CheckFailed, NewsletterError, ProviderError
 from newsletter.models import (
-    Delivery,
-    DeliveryStatus,
+    Edition,
     EditionStatus,
+    JobKind,
     JobOutcome,
     ScheduledSend,
     ScheduledSendStatus,
+    SendSource,
     transition_scheduled_send,
 )
-from newsletter.schedule import waves
+from newsletter.schedule import pipeline, waves
 from newsletter.schedule.records import (
+    DISPATCH_JOB,
     Run,
     Runtime,
     get_send,
@@ -56,22 +60,6 @@ def _send_ids(session: Session, *, status: ScheduledSendStatus, due: datetime | 
     return list(session.scalars(query.order_by(ScheduledSend.send_at, ScheduledSend.id)))
 
 
-def _has_due_rows(session: Session, *, edition_id: int, now: datetime) -> bool:
-    due = or_(
-        and_(
-            Delivery.status.in_(ledger.CLAIMABLE),
-            or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
-        ),
-        and_(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_expires_at < now),
-    )
-    return bool(session.scalar(select(exists().where(Delivery.edition_id == edition_id, due))))
-
-
-def _open_rows(session: Session, *, edition_id: int) -> bool:
-    open_ = Delivery.status.in_(ledger.OPEN)
-    return bool(session.scalar(select(exists().where(Delivery.edition_id == edition_id, open_))))
-
-
 # ----- the job bodies ---------------------------------------------------------------
 
 
@@ -89,7 +77,9 @@ def run_build(rt: Runtime, *, slug: str, fire_time: datetime) -> None:
             log.debug("%s already ran for %s", job_id, fire_time)
             return
     send_id = None
-    with recorded(rt, job_id=job_id, kind="build", newsletter=slug, scheduled_for=fire_time) as run:
+    with recorded(
+        rt, job_id=job_id, kind=JobKind.BUILD, newsletter=slug, scheduled_for=fire_time
+    ) as run:
         send_id = _build(rt, run, slug=slug, fire_time=fire_time)
     if send_id is not None:
         execute_send(rt, send_id=send_id)
@@ -100,7 +90,7 @@ def _build(rt: Runtime, run: Run, *, slug: str, fire_time: datetime) -> int | No
     settings = rt.settings
     nl = settings.newsletter(slug)
     tz = ZoneInfo(nl.timezone)
-    send_at = fire_time + timedelta(minutes=nl.review_minutes)
+    send_at = pipeline.send_time(settings, slug=slug, fire_time=fire_time)
     at = nl.local_clock
     day = waves.issue_date_for(send_at, at) if at else send_at.astimezone(tz).date()
     # With waves each zone has its own deadline (applied by the dispatcher).
@@ -113,19 +103,19 @@ def _build(rt: Runtime, run: Run, *, slug: str, fire_time: datetime) -> int | No
             f"{limit.astimezone(tz):%Y-%m-%d %H:%M %Z}; not sent late",
         )
         return None
-    with transaction(rt.sessions) as session:
-        feeds = stories.fetch_newsletter(session, newsletter=slug, settings=settings, now=now)
+    built = pipeline.fetch_and_build(
+        rt.sessions, settings=settings, slug=slug, issue_date=day, now=now
+    )
+    feeds = built.feeds
     run.add(
         feeds=len(feeds),
         feed_errors=sum(1 for f in feeds if f.error),
         stories_added=sum(f.added for f in feeds),
     )
+    run.edition_id = built.edition_id
+    run.add(stories=built.stories)
     with transaction(rt.sessions) as session:
-        edition, _ = editions.build_edition(
-            session, settings=settings, slug=slug, issue_date=day, now=now
-        )
-        run.edition_id = edition.id
-        run.add(stories=len(edition.items))
+        edition = editions.get_edition(session, built.edition_id)
         existing = session.scalar(
             select(ScheduledSend.id).where(ScheduledSend.edition_id == edition.id).limit(1)
         )
@@ -140,7 +130,7 @@ def _build(rt: Runtime, run: Run, *, slug: str, fire_time: datetime) -> int | No
             session,
             newsletter=slug,
             send_at=send_at,
-            source="schedule",
+            source=SendSource.SCHEDULE,
             edition_id=edition.id,
             issue_date=day,
             deadline=limit,
@@ -150,14 +140,9 @@ def _build(rt: Runtime, run: Run, *, slug: str, fire_time: datetime) -> int | No
     if held:
         run.end(JobOutcome.HELD, f"edition {edition_id} is held; send {send_id} waits for release")
         return None
-    try:
-        with transaction(rt.sessions) as session:
-            edition = editions.get_edition(session, edition_id, for_update=True)
-            editions.freeze_content(session, edition=edition, settings=settings)
-    except CheckFailed as exc:
-        with transaction(rt.sessions) as session:
-            editions.hold_edition(session, edition_id=edition_id, reason=str(exc))
-        run.end(JobOutcome.HELD, f"edition {edition_id} held automatically: {exc}")
+    reason = pipeline.check_or_hold(rt.sessions, settings=settings, edition_id=edition_id)
+    if reason is not None:
+        run.end(JobOutcome.HELD, f"edition {edition_id} held automatically: {reason}")
         return None
     when = "now" if send_at <= now else f"at {send_at.astimezone(tz):%H:%M %Z}"
     run.end(JobOutcome.OK, f"edition {edition_id} of {slug} for {day} built; sending {when}")
@@ -178,7 +163,7 @@ def execute_send(rt: Runtime, *, send_id: int) -> None:
                 return  # waits for release (until its deadline)
         slug, send_at = send.newsletter, send.send_at
     with recorded(
-        rt, job_id=send_job_id(send_id), kind="send", newsletter=slug, scheduled_for=send_at
+        rt, job_id=send_job_id(send_id), kind=JobKind.SEND, newsletter=slug, scheduled_for=send_at
     ) as run:
         if _start(rt, run, send_id=send_id):
             _advance(rt, run, send_id=send_id)
@@ -207,9 +192,8 @@ def _start(rt: Runtime, run: Run, *, send_id: int) -> bool:
                 )
                 send.edition_id = built.id
             run.edition_id = edition_id = send.edition_id
-            edition, _, queued, _ = sender.start_send(
-                session, settings=settings, edition_id=edition_id, now=now
-            )
+            started = sender.start_send(session, settings=settings, edition_id=edition_id, now=now)
+            edition, queued = started.edition, started.queued
             run.add(queued=queued)
             if send.local_time and queued:
                 instants = waves.set_wave_times(
@@ -277,12 +261,12 @@ def _advance(rt: Runtime, run: Run, *, send_id: int) -> None:
         else:
             stale = 0
         run.add(stale=stale)
-        due = _has_due_rows(session, edition_id=edition_id, now=now)
-        if not due and not _open_rows(session, edition_id=edition_id):
+        due = delivery_log.has_due(session, edition_id=edition_id, now=now)
+        if not due and not delivery_log.has_open(session, edition_id=edition_id):
             due = True  # nothing left: let the sender mark the edition sent
     if due:
         with rt.providers(settings) as (provider, secondary):
-            report = sender.send_edition(
+            report = runner.send_edition(
                 rt.sessions,
                 settings=settings,
                 edition_id=edition_id,
@@ -313,5 +297,52 @@ def dispatch(rt: Runtime) -> None:
     with transaction(rt.sessions) as session:
         started = _send_ids(session, status=ScheduledSendStatus.STARTED, due=None)
     for send_id in started:
-        with recorded(rt, job_id=send_job_id(send_id), kind="wave", only_if_busy=True) as run:
+        with recorded(rt, job_id=send_job_id(send_id), kind=JobKind.WAVE, only_if_busy=True) as run:
             _advance(rt, run, send_id=send_id)
+    with transaction(rt.sessions) as session:
+        outages = list(
+            session.scalars(
+                select(Edition.id).where(
+                    Edition.status == EditionStatus.PAUSED,
+                    Edition.status_reason.like(f"{OUTAGE}%"),
+                )
+            )
+        )
+    for edition_id in outages:
+        with recorded(rt, job_id=DISPATCH_JOB, kind=JobKind.RESUME) as run:
+            _resume_after_outage(rt, run, edition_id=edition_id)
+
+
+def _resume_after_outage(rt: Runtime, run: Run, *, edition_id: int) -> None:
+    """Resume a send its provider's outage paused, once the provider answers again,
+    while its retry window is open (afterwards the waiting rows fail as expired)."""
+    settings, now = rt.settings, rt.clock()
+    run.edition_id = edition_id
+    with transaction(rt.sessions) as session:
+        if not delivery_log.retry_window_open(session, edition_id=edition_id, now=now):
+            expired = ledger.expire_waiting(session, edition_id=edition_id, now=now)
+            run.end(
+                JobOutcome.SKIPPED,
+                f"edition {edition_id}: retry window closed during the outage; "
+                f"{expired} deliveries failed, the rest wait for staff",
+            )
+            return
+    with rt.providers(settings) as (provider, secondary):
+        try:
+            sender.preflight(provider, secondary)
+        except ProviderError as exc:
+            run.end(JobOutcome.SKIPPED, f"edition {edition_id}: provider still down: {exc}")
+            return
+        with transaction(rt.sessions) as session:
+            sender.resume(session, edition_id=edition_id)
+        report = runner.send_edition(
+            rt.sessions,
+            settings=settings,
+            edition_id=edition_id,
+            provider=provider,
+            secondary=secondary,
+            clock=rt.clock,
+            wait=False,
+        )
+    run.add(sent=report.sent, failed=report.failed, retried=report.retried)
+    run.end(JobOutcome.OK, f"edition {edition_id} resumed after the outage")

@@ -1,5 +1,7 @@
 """The scheduler's records: run history, the single-runner lease, scheduled sends.
 
+* **Job ids** (:class:`JobId`): ``newsletter:SLUG``, ``dispatch``, ``send:N``, the
+  names runs are recorded and jobs managed under; parsed only by ``JobId.parse``.
 * **Run history** (``job_runs``): every run is recorded with its start, end, outcome
   (ok, skipped, held, failed, interrupted), counts and, when it raised, the traceback;
   :func:`recorded` wraps a job body so that a failure is recorded, never raised.
@@ -16,6 +18,7 @@ job bodies themselves live in :mod:`newsletter.jobs`.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import socket
@@ -33,13 +36,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter.config import Settings
 from newsletter.db import transaction
 from newsletter.delivery.providers import Provider, open_providers
-from newsletter.errors import NotFoundError
+from newsletter.errors import InputError, NotFoundError
 from newsletter.models import (
+    JobKind,
     JobOutcome,
     JobRun,
     ScheduledSend,
     ScheduledSendStatus,
     SchedulerLease,
+    SendSource,
     transition_scheduled_send,
     utcnow,
 )
@@ -48,18 +53,73 @@ from newsletter.models import (
 log = logging.getLogger("newsletter.jobs")
 
 LEASE_NAME = "scheduler"
-DISPATCH_JOB = "dispatch"
+MAX_ID = 2**31 - 1  # the largest id an INTEGER column holds on SQLite and PostgreSQL
 Providers = Callable[[Settings], AbstractContextManager[tuple[Provider, Provider | None]]]
+
+
+class JobTarget(enum.StrEnum):
+    """What a job id names: a newsletter's regular issue, the dispatcher, a scheduled send."""
+
+    NEWSLETTER = "newsletter"
+    DISPATCH = "dispatch"
+    SEND = "send"
+
+
+@dataclass(frozen=True)
+class JobId:
+    """A scheduler job id, ``newsletter:SLUG``, ``dispatch`` or ``send:N``: the names
+    under which jobs are stored, managed and their runs recorded. Read one only with
+    :meth:`parse`; ``str()`` gives it back."""
+
+    target: JobTarget
+    slug: str | None = None
+    send_id: int | None = None
+
+    @classmethod
+    def newsletter(cls, slug: str) -> JobId:
+        return cls(JobTarget.NEWSLETTER, slug=slug)
+
+    @classmethod
+    def send(cls, send_id: int) -> JobId:
+        return cls(JobTarget.SEND, send_id=send_id)
+
+    @classmethod
+    def parse(cls, text: str) -> JobId:
+        """``newsletter:SLUG``, ``dispatch`` or ``send:N``; InputError otherwise."""
+        target, _, rest = text.strip().partition(":")
+        if target == JobTarget.DISPATCH and not rest:
+            return DISPATCH
+        if target == JobTarget.NEWSLETTER and rest:
+            return cls.newsletter(rest)
+        if target == JobTarget.SEND and rest.isascii() and rest.isdigit():
+            if 0 < int(rest) <= MAX_ID:
+                return cls.send(int(rest))
+        raise InputError(
+            f"{text!r} is not a job id (newsletter:SLUG, dispatch or send:N)",
+            code="job.bad_id",
+            job_id=text,
+        )
+
+    def __str__(self) -> str:
+        if self.target is JobTarget.NEWSLETTER:
+            return f"newsletter:{self.slug}"
+        if self.target is JobTarget.SEND:
+            return f"send:{self.send_id}"
+        return self.target.value
+
+
+DISPATCH = JobId(JobTarget.DISPATCH)
+DISPATCH_JOB = str(DISPATCH)
 
 
 def newsletter_job_id(slug: str) -> str:
     """The scheduler job id of a newsletter's regular issue."""
-    return f"newsletter:{slug}"
+    return str(JobId.newsletter(slug))
 
 
 def send_job_id(send_id: int) -> str:
     """The job id under which a scheduled send's runs are recorded and managed."""
-    return f"send:{send_id}"
+    return str(JobId.send(send_id))
 
 
 def new_holder_id() -> str:
@@ -74,7 +134,7 @@ def start_run(
     session: Session,
     *,
     job_id: str,
-    kind: str,
+    kind: JobKind | str,
     holder: str,
     now: datetime,
     newsletter: str | None = None,
@@ -83,7 +143,7 @@ def start_run(
     """Record that a run started (outcome ``running`` until :func:`finish_run`)."""
     run = JobRun(
         job_id=job_id,
-        kind=kind,
+        kind=JobKind(kind),
         newsletter=newsletter,
         scheduled_for=scheduled_for,
         holder=holder,
@@ -241,7 +301,7 @@ def schedule_send(
     *,
     newsletter: str,
     send_at: datetime,
-    source: str,
+    source: SendSource | str,
     edition_id: int | None = None,
     issue_date: date | None = None,
     deadline: datetime | None = None,
@@ -252,7 +312,7 @@ def schedule_send(
         newsletter=newsletter,
         edition_id=edition_id,
         issue_date=issue_date,
-        source=source,
+        source=SendSource(source),
         send_at=send_at,
         deadline=deadline,
         local_time=local_time,
@@ -335,7 +395,7 @@ def recorded(
     rt: Runtime,
     *,
     job_id: str,
-    kind: str,
+    kind: JobKind | str,
     newsletter: str | None = None,
     scheduled_for: datetime | None = None,
     only_if_busy: bool = False,
@@ -394,6 +454,6 @@ def record_missed(
         if has_run(session, job_id=job_id, scheduled_for=scheduled_for):
             return
     with recorded(
-        rt, job_id=job_id, kind="build", newsletter=newsletter, scheduled_for=scheduled_for
+        rt, job_id=job_id, kind=JobKind.BUILD, newsletter=newsletter, scheduled_for=scheduled_for
     ) as run:
         run.end(JobOutcome.SKIPPED, f"missed its run time {scheduled_for:%Y-%m-%d %H:%M} UTC")

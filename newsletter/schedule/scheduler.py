@@ -33,6 +33,7 @@ from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING, BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -40,7 +41,9 @@ from sqlalchemy import Engine
 
 from newsletter.config import NewsletterSettings, Settings
 from newsletter.db import transaction
+from newsletter.models import JobKind
 from newsletter.schedule import jobs, records
+from newsletter.schedule.records import JobId, JobTarget
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,30 @@ class ShiftedTrigger(BaseTrigger):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"<ShiftedTrigger ({self.trigger!r}, lead={self.lead!r})>"
+
+
+class _Scheduler(BackgroundScheduler):  # type: ignore[misc]
+    """The daemon's scheduler. APScheduler 3's loop makes one more pass after
+    ``shutdown()`` (its check is for "paused", and "stopped" is not paused), handing
+    due jobs to the executor just shut down: "cannot schedule new futures after
+    shutdown", with a traceback. Only a running scheduler processes jobs here."""
+
+    def _process_jobs(self) -> float | None:
+        if self.state != STATE_RUNNING:
+            return None
+        wait: float | None = super()._process_jobs()
+        return wait
+
+
+class _OfflineScheduler(BaseScheduler):  # type: ignore[misc]
+    """A scheduler opened only to read or change the stored jobs (``jobs …``,
+    ``--once``): it has no loop thread, so it can never run or submit a job."""
+
+    def wakeup(self) -> None:
+        pass
+
+    def shutdown(self, wait: bool = True) -> None:  # abstract in BaseScheduler
+        super().shutdown(wait)
 
 
 class _JobStore(SQLAlchemyJobStore):  # type: ignore[misc]
@@ -110,7 +137,8 @@ def last_fire_time(trigger: Any, *, now: datetime, lookback: timedelta) -> datet
 
 
 def fire(kind: str, slug: str | None = None) -> None:
-    """The function every stored job calls: run ``kind`` if this process holds the lease."""
+    """The function every stored job calls: run ``kind`` (a :class:`JobKind` value,
+    stored as a plain string) if this process holds the lease."""
     rt = _runtime
     if rt is None:
         log.warning("job %s fired outside a running scheduler; ignored", kind)
@@ -119,9 +147,9 @@ def fire(kind: str, slug: str | None = None) -> None:
         if not records.holds_lease(session, holder=rt.holder, now=rt.clock()):
             log.warning("standby: not running %s %s (the lease is not ours)", kind, slug or "")
             return
-    if kind == "build" and slug in rt.settings.newsletters:
+    if kind == JobKind.BUILD and slug in rt.settings.newsletters:
         run_newsletter_job(rt, slug=slug)
-    elif kind == "dispatch":
+    elif kind == JobKind.DISPATCH:
         # Each tick also runs any newsletter run that is due but did not happen
         # (missed while down, or interrupted): run_newsletter_job runs each once.
         # (Never ask the scheduler itself here: its shutdown holds the lock it would need.)
@@ -154,11 +182,12 @@ class JobSpec:
 
 def configured_jobs(settings: Settings) -> list[JobSpec]:
     """The jobs config.toml asks for: one per newsletter, and the dispatcher."""
+    # The arguments are stored pickled: plain strings, not enum members.
     specs = [
         JobSpec(
-            records.newsletter_job_id(slug),
+            str(JobId.newsletter(slug)),
             build_trigger(nl),
-            ("build", slug),
+            (JobKind.BUILD.value, slug),
             int(misfire_grace(nl).total_seconds()),
         )
         for slug, nl in settings.newsletters.items()
@@ -166,7 +195,10 @@ def configured_jobs(settings: Settings) -> list[JobSpec]:
     every = settings.scheduler.dispatch_seconds
     specs.append(
         JobSpec(
-            records.DISPATCH_JOB, IntervalTrigger(seconds=every, timezone=UTC), ("dispatch",), None
+            str(records.DISPATCH),
+            IntervalTrigger(seconds=every, timezone=UTC),
+            (JobKind.DISPATCH.value,),
+            None,
         )
     )
     return specs
@@ -212,10 +244,22 @@ def sync_jobs(scheduler: Any, settings: Settings) -> None:
 def open_scheduler(
     settings: Settings, engine: Engine, *, paused: bool, store: Any = None
 ) -> Iterator[Any]:
-    """A BackgroundScheduler on the project database with the configured jobs synced.
+    """A scheduler on the project database with the configured jobs synced.
 
-    ``paused`` opens it only to read or change the jobs (the CLI, ``--once``)."""
-    scheduler = BackgroundScheduler(
+    ``paused`` opens it only to read or change the jobs (the CLI, ``--once``): it
+    then never runs a job, not even one due while it is open. Otherwise it runs them
+    in a background thread until the block ends."""
+    with _started(settings, engine, offline=paused, store=store) as scheduler:
+        if not paused:
+            scheduler.resume()
+        yield scheduler
+
+
+@contextmanager
+def _started(settings: Settings, engine: Engine, *, offline: bool, store: Any) -> Iterator[Any]:
+    """A scheduler started paused, jobs synced; shut down at the end of the block."""
+    cls = _OfflineScheduler if offline else _Scheduler
+    scheduler = cls(
         jobstores={"default": store or _JobStore(engine=engine, tablename=JOB_TABLE)},
         executors={"default": ThreadPoolExecutor(max_workers=1)},
         job_defaults={"coalesce": True, "max_instances": 1},
@@ -224,8 +268,6 @@ def open_scheduler(
     scheduler.start(paused=True)
     try:
         sync_jobs(scheduler, settings)
-        if not paused:
-            scheduler.resume()
         yield scheduler
     finally:
         if scheduler.running:
@@ -234,11 +276,11 @@ def open_scheduler(
 
 def _record_missed(event: JobExecutionEvent) -> None:
     rt = _runtime
-    if rt is None or not event.job_id.startswith("newsletter:"):
+    if rt is None or not event.job_id.startswith(JobTarget.NEWSLETTER + ":"):
         return
-    slug = event.job_id.split(":", 1)[1]
+    job = JobId.parse(event.job_id)
     records.record_missed(
-        rt, job_id=event.job_id, newsletter=slug, scheduled_for=event.scheduled_run_time
+        rt, job_id=str(job), newsletter=job.slug, scheduled_for=event.scheduled_run_time
     )
 
 
@@ -255,7 +297,7 @@ def run_due(rt: records.Runtime, *, paused: set[str]) -> None:
     (unless it already ran), then one dispatcher tick. Used by ``--once`` and on
     taking over the lease (it re-runs a run its dead predecessor left unfinished)."""
     for slug in rt.settings.newsletters:
-        if records.newsletter_job_id(slug) not in paused:
+        if str(JobId.newsletter(slug)) not in paused:
             run_newsletter_job(rt, slug=slug)
     if records.DISPATCH_JOB not in paused:
         jobs.dispatch(rt)
@@ -350,7 +392,7 @@ def _lead(rt: records.Runtime, engine: Engine, stop: threading.Event) -> None:
     global _store
     heartbeat = rt.settings.scheduler.heartbeat_seconds
     store = _JobStore(engine=engine, tablename=JOB_TABLE)
-    with open_scheduler(rt.settings, engine, paused=True, store=store) as scheduler:
+    with _started(rt.settings, engine, offline=False, store=store) as scheduler:
         scheduler.add_listener(_record_missed, EVENT_JOB_MISSED)
         # The first tick catches up at once, in the worker: this thread keeps the lease.
         if records.DISPATCH_JOB not in paused_jobs(scheduler):

@@ -6,10 +6,13 @@ personalization per recipient) and maps SendGrid's answers to outcomes.
 
 Outcomes: 202 → all sent (message id = X-Message-Id); 401/403, 404/405 or a non-202
 success → ProviderConfigError (or ``retry`` once part of the batch was accepted);
-429/5xx/408/transport failures → retry; 413 → halve and try again (bounded); 400
-naming personalizations → those recipients failed, the rest posted once more; any
-other 400/4xx → all failed. The provider never sleeps or loops for retries: the
-ledger schedules them.
+429/5xx/408 and failures before the request went out (refused, connect timeout, a
+reset while sending) → retry; a timeout or a dropped connection after the whole
+request went out → uncertain (it may have been accepted); 413 → halve and try
+again (bounded); 400 naming personalizations → those recipients failed, the rest
+posted once more; any other 400/4xx → all failed. The provider never sleeps or
+loops for retries: the ledger schedules them. :meth:`SendGridProvider.check` is the
+preflight: an authenticated ``GET /v3/scopes`` that must list ``mail.send``.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ from newsletter.delivery.providers.sendgrid_request import (
     validate_request,
 )
 from newsletter.delivery.types import Outcome, OutcomeStatus, PreparedEdition, Recipient
-from newsletter.errors import ProviderConfigError
+from newsletter.errors import ProviderConfigError, ProviderError
 
 MAX_SPLITS = 10  # 1000 → 1 recipient in ten halvings
+MAIL_SEND_SCOPE = "mail.send"
+PREFLIGHT_TIMEOUT = 10.0
 KEY_ENV = "NEWSLETTER_SENDGRID_API_KEY"
 _TOO_LARGE = "SendGrid: request too large (413) even for one recipient"
 CONTENT_TYPE = "application/json; charset=utf-8"
@@ -120,6 +125,7 @@ class SendGridProvider:
         self.verify = verify
         self._clock = clock
         self._endpoint: Any = None
+        self._scopes: Any = None
         _install_redaction()
         if not self._key_missing():
             client = sendgrid.SendGridAPIClient(api_key=self._key, host=self.api_base_url)
@@ -127,6 +133,7 @@ class SendGridProvider:
             http_client.timeout = timeout
             http_client.request_headers["Content-Type"] = CONTENT_TYPE
             self._endpoint = http_client.mail.send
+            self._scopes = http_client.scopes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendGridProvider:
@@ -145,7 +152,7 @@ class SendGridProvider:
     def _key_missing(self) -> bool:
         return self._key.strip().lower() in PLACEHOLDER_SECRETS
 
-    def check(self) -> None:
+    def _configured(self) -> None:
         """Raise ProviderConfigError for a missing/placeholder key or a non-http(s) URL."""
         if self._key_missing() or self._endpoint is None:
             raise ProviderConfigError(f"{KEY_ENV} is not set")
@@ -154,11 +161,39 @@ class SendGridProvider:
                 f"delivery.sendgrid.api_base_url must be an http(s) URL, not {self.api_base_url!r}"
             )
 
+    def check(self) -> None:
+        """Prove SendGrid is reachable and takes the key, sending nothing.
+
+        An authenticated ``GET /v3/scopes`` must answer and list ``mail.send``.
+        Raises ProviderConfigError (no key, unreachable, 401/403, scope missing) or
+        ProviderError (SendGrid answers, but with 429 or a 5xx: try again later).
+        """
+        self._configured()
+        where = f"SendGrid at {self.api_base_url}"
+        try:
+            response = self._scopes.get(timeout=min(self.timeout, PREFLIGHT_TIMEOUT))
+            scopes = json.loads(response.body or b"{}").get("scopes") or []
+        except HTTPError as exc:
+            code = int(exc.status_code)
+            if code in (401, 403):
+                raise ProviderConfigError(f"{where} rejected the API key ({code})") from None
+            if code == 429 or code >= 500:
+                raise ProviderError(f"{where} is not answering properly ({code})") from None
+            raise ProviderConfigError(f"{where} answered {code} to GET /v3/scopes") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise ProviderConfigError(f"cannot reach {where}: {self._reason(exc)}") from None
+        except (ValueError, AttributeError):
+            raise ProviderConfigError(f"{where} did not answer GET /v3/scopes with JSON") from None
+        if MAIL_SEND_SCOPE not in scopes:
+            raise ProviderConfigError(
+                f"the API key may not send mail: its scopes lack {MAIL_SEND_SCOPE!r}"
+            )
+
     def send_batch(
         self, edition: PreparedEdition, recipients: Sequence[Recipient]
     ) -> list[Outcome]:
         """Post the batch (1000 recipients per request); one outcome per recipient."""
-        self.check()
+        self._configured()
         outcomes: list[Outcome] = []
         attempt = _Attempt()
         for start in range(0, len(recipients), MAX_PERSONALIZATIONS):
@@ -192,8 +227,14 @@ class SendGridProvider:
             response = self._endpoint.post(request_body=posted_body(body), timeout=self.timeout)
         except HTTPError as exc:
             return outcomes + self._on_error(exc, edition, included, attempt, depth)
-        except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+        except URLError as exc:
+            # urllib wraps what fails while the request goes out: it was not received.
             return outcomes + _all(included, OutcomeStatus.RETRY, self._transport_error(exc))
+        except (OSError, http.client.HTTPException) as exc:
+            # The whole request went out and the answer was lost: it may have been
+            # accepted. Sending it again could mail everyone in it twice.
+            error = f"{self._transport_error(exc)} after the request was sent"
+            return outcomes + _all(included, OutcomeStatus.UNCERTAIN, error)
         if response.status_code != 202:
             return outcomes + self._unusable(
                 attempt,
@@ -207,13 +248,19 @@ class SendGridProvider:
             Outcome(r.delivery_id, OutcomeStatus.SENT, message_id=message_id) for r in included
         ]
 
-    def _transport_error(self, exc: BaseException) -> str:
+    def _reason(self, exc: BaseException) -> str:
         reason = exc.reason if isinstance(exc, URLError) else exc
         if isinstance(reason, TimeoutError):
             return f"no answer within {self.timeout:g} s"
+        return str(reason) or type(reason).__name__
+
+    def _transport_error(self, exc: BaseException) -> str:
+        reason = exc.reason if isinstance(exc, URLError) else exc
+        if isinstance(reason, TimeoutError):
+            return self._reason(exc)
         if isinstance(exc, URLError):
-            return f"cannot reach SendGrid: {reason}"
-        return f"connection to SendGrid failed: {str(exc) or type(exc).__name__}"
+            return f"cannot reach SendGrid: {self._reason(exc)}"
+        return f"connection to SendGrid failed: {self._reason(exc)}"
 
     @staticmethod
     def _unusable(attempt: _Attempt, included: list[Recipient], reason: str) -> list[Outcome]:

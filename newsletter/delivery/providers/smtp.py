@@ -8,7 +8,9 @@ go out in one write (one round trip fewer per command).
 
 Outcomes: 250 after the data → ``sent`` (message id = our Message-ID); a 5xx
 for the recipient or the content → ``failed`` with the reply; a 4xx, a 421 or a
-dropped connection → ``retry`` (the ledger backs off). A connection that turns
+connection dropped before the final "." → ``retry`` (the ledger backs off); a
+connection lost after the final "." and before the reply → ``uncertain`` (the
+server may have queued it). A connection that turns
 out stale before any of the message was sent is replaced once at once. Bad
 credentials or a rejected envelope sender raise ProviderConfigError when
 nothing in the batch was accepted (otherwise the rest are ``retry``).
@@ -71,11 +73,13 @@ class _Unavailable(Exception):
 
 
 class _Dropped(Exception):
-    """The connection died mid-transaction; ``before_content`` if no data was sent."""
+    """The connection died mid-transaction: ``before_content`` if no data was sent,
+    ``after_end`` if the whole message (and its final ".") was."""
 
-    def __init__(self, message: str, *, before_content: bool) -> None:
+    def __init__(self, message: str, *, before_content: bool, after_end: bool = False) -> None:
         super().__init__(message)
         self.before_content = before_content
+        self.after_end = after_end
 
 
 def _reply(code: int, text: bytes | str) -> str:
@@ -124,9 +128,17 @@ class _Connection:
                 return stage, code, _reply(code, text)
         try:
             smtp.send(wire + b".\r\n")
-            code, text = smtp.getreply()
         except (smtplib.SMTPException, OSError) as exc:
             raise _Dropped(f"connection lost during the data: {exc}", before_content=False) from exc
+        try:
+            code, text = smtp.getreply()
+        except (smtplib.SMTPException, OSError) as exc:
+            # The final "." went out: the server may have queued the message.
+            raise _Dropped(
+                f"connection lost after the data, before the server's reply: {exc}",
+                before_content=False,
+                after_end=True,
+            ) from exc
         return "end of data", code, _reply(code, text)
 
     def reset(self) -> None:
@@ -461,7 +473,8 @@ class SMTPProvider:
             job.last_error = str(exc)
             if exc.before_content and reused:
                 return None, None
-            return Outcome(did, OutcomeStatus.RETRY, error=str(exc)), None
+            status = OutcomeStatus.UNCERTAIN if exc.after_end else OutcomeStatus.RETRY
+            return Outcome(did, status, error=str(exc)), None
         if stage == "end of data" and code == 250:
             return Outcome(did, OutcomeStatus.SENT, message_id=message_id), conn
         error = f"{reply} (at {stage})"
