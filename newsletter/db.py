@@ -6,18 +6,49 @@ connection; PostgreSQL is used as configured (``postgresql+psycopg://``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter.errors import ConfigError, NewsletterError
+from newsletter.errors import ConfigError, InputError, NewsletterError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing: its rows and the cursor that continues it.
+
+    Listings page by keyset (the last row's sort key), never by offset, so a page
+    deep in a long list costs what the first does. ``cursor`` is opaque text for
+    the faces to hand back; None means this was the last page.
+    """
+
+    items: Sequence[T]
+    cursor: str | None
+
+
+def cursor_parts(cursor: str, count: int) -> list[str]:
+    """The ``count`` fields of a cursor (``a|b``); InputError for one not made by us."""
+    parts = cursor.split("|")
+    if len(parts) != count or not all(parts):
+        raise InputError(f"invalid page cursor {cursor!r}", code="input.cursor")
+    return parts
+
+
+def cursor_int(text: str) -> int:
+    """A cursor field that is a row id."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise InputError(f"invalid page cursor {text!r}", code="input.cursor")
+    return int(text)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

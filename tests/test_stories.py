@@ -656,12 +656,15 @@ def test_add_list_hide_pin(session: Session) -> None:
         now=datetime(2020, 1, 1, tzinfo=UTC),
     )
     session.flush()
-    assert [s.id for s in list_stories(session)] == [story.id, older.id]
-    assert [s.id for s in list_stories(session, newsletter="good-news")] == [older.id]
-    assert [s.id for s in list_stories(session, limit=1)] == [story.id]
+    assert [s.id for s in list_stories(session).items] == [story.id, older.id]
+    assert [s.id for s in list_stories(session, newsletter="good-news").items] == [older.id]
+    first = list_stories(session, limit=1)
+    assert [s.id for s in first.items] == [story.id] and first.cursor
+    rest = list_stories(session, limit=1, cursor=first.cursor)
+    assert [s.id for s in rest.items] == [older.id] and rest.cursor is None
     assert hide_story(session, story_id=story.id).hidden
-    assert [s.id for s in list_stories(session)] == [older.id]
-    assert len(list_stories(session, include_hidden=True)) == 2
+    assert [s.id for s in list_stories(session).items] == [older.id]
+    assert len(list_stories(session, include_hidden=True).items) == 2
     assert not unhide_story(session, story_id=story.id).hidden
     assert not pin_story(session, story_id=story.id, pinned=False).story.pinned
     with pytest.raises(NotFoundError, match="no story with id 9999"):

@@ -24,16 +24,18 @@ import re
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import Any
 from zoneinfo import available_timezones
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from newsletter.audience.addresses import normalise_email as normalise_email
 from newsletter.audience.suppression import add_entry, find_entry, refuse_suppressed
 from newsletter.config import Settings
+from newsletter.db import Page, cursor_int
 from newsletter.delivery import ledger
 from newsletter.errors import InputError, NotFoundError, StateError
 from newsletter.models import (
@@ -391,6 +393,7 @@ def _listing(newsletter: str | None, status: SubscriptionStatus | None) -> Selec
     joined = newsletter is not None or status is not None
     stmt = (
         select(
+            Subscriber.id,
             Subscriber.email,
             Subscriber.name,
             Subscriber.timezone,
@@ -413,19 +416,52 @@ def _listing(newsletter: str | None, status: SubscriptionStatus | None) -> Selec
     return stmt
 
 
+@dataclass(frozen=True)
+class SubscriptionRow:
+    """One subscription in a listing (a subscriber without any: newsletter None)."""
+
+    subscriber_id: int
+    email: str
+    name: str
+    timezone: str | None
+    newsletter: str | None
+    status: SubscriptionStatus | None
+    source: str | None
+    created_at: datetime | None
+    confirmed_at: datetime | None
+    suppressed: SuppressionReason | None
+
+
 def list_subscribers(
     session: Session,
     *,
     newsletter: str | None = None,
     status: SubscriptionStatus | None = None,
     limit: int | None = None,
-) -> list[dict[str, Any]]:
-    """One row per subscription (email, name, timezone, newsletter, status, source,
-    created_at, confirmed_at, suppressed reason or None), oldest subscriber first.
+    cursor: str | None = None,
+) -> Page[SubscriptionRow]:
+    """Subscriptions, oldest subscriber first; ``limit`` rows a page (None: all).
+
     Without filters, subscribers with no subscription appear once with newsletter None.
     """
-    stmt = _listing(newsletter, status).limit(limit)
-    return [dict(row._mapping) for row in session.execute(stmt)]
+    stmt = _listing(newsletter, status)
+    if cursor is not None:
+        id_text, _, slug = cursor.partition("|")  # "" after the bar: no subscription
+        last = cursor_int(id_text)
+        stmt = stmt.where(
+            or_(
+                Subscriber.id > last,
+                and_(Subscriber.id == last, func.coalesce(Subscription.newsletter, "") > slug),
+            )
+        )
+    found = [
+        SubscriptionRow(*row)
+        for row in session.execute(stmt.limit(None if limit is None else limit + 1))
+    ]
+    if limit is None or len(found) <= limit:
+        return Page(found, None)
+    rows = found[:limit]
+    return Page(rows, f"{rows[-1].subscriber_id}|{rows[-1].newsletter or ''}")
 
 
 def export_rows(session: Session, *, newsletter: str | None = None) -> Iterator[dict[str, str]]:

@@ -120,6 +120,19 @@ def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
     )
 
 
+def after_option(f: F) -> F:
+    """The --after option of a paged listing (the cursor the last page printed)."""
+    return click.option(
+        "--after", "after", metavar="CURSOR", help="Continue a listing after this cursor."
+    )(f)
+
+
+def more_hint(cursor: str | None) -> None:
+    """Tell, on stderr, how to see the next page (when there is one)."""
+    if cursor is not None:
+        click.echo(f"more rows: add --after '{cursor}'", err=True)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value

@@ -7,7 +7,16 @@ import json
 import click
 
 from newsletter.audience.addresses import normalise_email
-from newsletter.cli.common import EDITION_ID, LIMIT, App, emit_rows, format_option, pass_app
+from newsletter.cli.common import (
+    EDITION_ID,
+    LIMIT,
+    App,
+    after_option,
+    emit_rows,
+    format_option,
+    more_hint,
+    pass_app,
+)
 from newsletter.content.editions import get_edition
 from newsletter.delivery import log, sender
 from newsletter.models import DeliveryStatus, utcnow
@@ -25,15 +34,30 @@ def group() -> None:
 @click.option("--status", type=STATUS, help="Only this status.")
 @click.option("--email", help="Only this address.")
 @click.option("--limit", default=100, show_default=True, type=LIMIT)
+@after_option
 @format_option("table", "json")
 @pass_app
 def list_(
-    app: App, edition_id: int | None, status: str | None, email: str | None, limit: int, fmt: str
+    app: App,
+    edition_id: int | None,
+    status: str | None,
+    email: str | None,
+    limit: int,
+    after: str | None,
+    fmt: str,
 ) -> None:
     """Delivery rows, newest first."""
     with app.transaction() as session:
         if edition_id is not None:
             get_edition(session, edition_id)  # an unknown edition is an error, not no rows
+        page = log.list_deliveries(
+            session,
+            edition_id=edition_id,
+            status=DeliveryStatus(status) if status else None,
+            email=normalise_email(email) if email else None,
+            limit=limit,
+            cursor=after,
+        )
         rows = [
             {
                 "id": d.id,
@@ -46,13 +70,7 @@ def list_(
                 "sent_at": d.sent_at,
                 "error": d.error,
             }
-            for d in log.list_deliveries(
-                session,
-                edition_id=edition_id,
-                status=DeliveryStatus(status) if status else None,
-                email=normalise_email(email) if email else None,
-                limit=limit,
-            ).items
+            for d in page.items
         ]
     emit_rows(
         rows,
@@ -69,6 +87,7 @@ def list_(
         ],
         fmt,
     )
+    more_hint(page.cursor)
 
 
 @group.command("stats")

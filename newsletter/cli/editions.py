@@ -10,9 +10,11 @@ from newsletter.cli.common import (
     EDITION_ID,
     LIMIT,
     App,
+    after_option,
     atomic_file,
     emit_rows,
     format_option,
+    more_hint,
     parse_date,
     pass_app,
 )
@@ -55,25 +57,28 @@ def build(app: App, slug: str, issue_date: str | None, rebuild: bool) -> None:
 @group.command("list")
 @click.option("--newsletter", "slug", help="Only this newsletter.")
 @click.option("--limit", default=50, show_default=True, type=LIMIT)
+@after_option
 @format_option("table", "json")
 @pass_app
-def list_(app: App, slug: str | None, limit: int, fmt: str) -> None:
-    """Recent editions, newest first."""
+def list_(app: App, slug: str | None, limit: int, after: str | None, fmt: str) -> None:
+    """Editions, newest first."""
     if slug:
         app.settings.newsletter(slug)
     with app.transaction() as session:
-        rows = [
-            {
-                "id": e.id,
-                "newsletter": e.newsletter,
-                "date": e.issue_date,
-                "status": e.status,
-                "stories": n,
-                "subject": e.subject,
-            }
-            for e, n in editions.list_editions(session, slug=slug, limit=limit)
-        ]
+        page = editions.list_editions(session, slug=slug, limit=limit, cursor=after)
+    rows = [
+        {
+            "id": e.id,
+            "newsletter": e.newsletter,
+            "date": e.issue_date,
+            "status": e.status,
+            "stories": e.stories,
+            "subject": e.subject,
+        }
+        for e in page.items
+    ]
     emit_rows(rows, ["id", "newsletter", "date", "status", "stories", "subject"], fmt)
+    more_hint(page.cursor)
 
 
 @group.command("show")

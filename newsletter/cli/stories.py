@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from newsletter.cli.common import ROW_ID, App, emit_rows, format_option, pass_app
+from newsletter.cli.common import (
+    ROW_ID,
+    App,
+    after_option,
+    emit_rows,
+    format_option,
+    more_hint,
+    pass_app,
+)
 from newsletter.config import Settings
 from newsletter.content import stories
 from newsletter.content.stories import FetchReport
@@ -115,20 +123,22 @@ def add(
 @click.option("--newsletter", "slug", help="Only this newsletter.")
 @click.option("--all", "include_hidden", is_flag=True, help="Include hidden stories.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@after_option
 @format_option("table", "json", "csv")
 @pass_app
-def list_(app: App, slug: str | None, include_hidden: bool, limit: int, fmt: str) -> None:
+def list_(
+    app: App, slug: str | None, include_hidden: bool, limit: int, after: str | None, fmt: str
+) -> None:
     """List stories, newest first."""
     if slug is not None:
         app.settings.newsletter(slug)
     with app.transaction() as session:
-        rows = [
-            {c: getattr(s, c) for c in LIST_COLUMNS}
-            for s in stories.list_stories(
-                session, newsletter=slug, include_hidden=include_hidden, limit=limit
-            )
-        ]
+        page = stories.list_stories(
+            session, newsletter=slug, include_hidden=include_hidden, limit=limit, cursor=after
+        )
+        rows = [{c: getattr(s, c) for c in LIST_COLUMNS} for s in page.items]
     emit_rows(rows, TABLE_COLUMNS if fmt == "table" else LIST_COLUMNS, fmt, title="Stories")
+    more_hint(page.cursor)
 
 
 def _toggle(app: App, story_id: int, action: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import sys
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
@@ -22,9 +23,11 @@ from newsletter.cli.common import (
     LIMIT,
     App,
     Group,
+    after_option,
     atomic_file,
     emit_rows,
     format_option,
+    more_hint,
     pass_app,
     safe_cell,
 )
@@ -168,23 +171,31 @@ def import_(app: App, file: Path, newsletters: tuple[str, ...], status: str) -> 
 @group.command("list")
 @click.option("--newsletter", default=None, help="Only this newsletter.")
 @click.option("--status", type=ALL_STATUSES, default=None, help="Only this status.")
-@click.option("--limit", type=LIMIT, default=None, help="At most N rows.")
+@click.option("--limit", type=LIMIT, default=None, help="At most N rows (a page).")
+@after_option
 @format_option()
 @pass_app
 def list_(
-    app: App, newsletter: str | None, status: str | None, limit: int | None, fmt: str
+    app: App,
+    newsletter: str | None,
+    status: str | None,
+    limit: int | None,
+    after: str | None,
+    fmt: str,
 ) -> None:
     """List subscriptions (one row per subscriber and newsletter)."""
     if newsletter is not None:
         app.settings.newsletter(newsletter)
     with app.transaction() as session:
-        rows = svc.list_subscribers(
+        page = svc.list_subscribers(
             session,
             newsletter=newsletter,
             status=SubscriptionStatus(status) if status else None,
             limit=limit,
+            cursor=after,
         )
-    emit_rows(rows, LIST_COLUMNS, fmt, title="Subscribers")
+    emit_rows([asdict(r) for r in page.items], LIST_COLUMNS, fmt, title="Subscribers")
+    more_hint(page.cursor)
 
 
 def _write_export(out: TextIO, rows: Iterable[dict[str, str]]) -> int:

@@ -11,17 +11,19 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from newsletter.config import NewsletterSettings, Settings
 from newsletter.content import render, types
 from newsletter.content.sanitise import clean_summary, summary_text
-from newsletter.errors import NoStoriesError, NotFoundError, RenderError, StateError
+from newsletter.db import Page, cursor_int, cursor_parts
+from newsletter.errors import InputError, NoStoriesError, NotFoundError, RenderError, StateError
 from newsletter.models import (
     Edition,
     EditionKind,
@@ -224,21 +226,52 @@ def edition_status(session: Session, edition_id: int) -> EditionStatus:
     return status
 
 
+@dataclass(frozen=True)
+class EditionRow:
+    """One edition in a listing."""
+
+    id: int
+    newsletter: str
+    issue_date: date
+    kind: EditionKind
+    status: EditionStatus
+    subject: str
+    stories: int
+
+
 def list_editions(
-    session: Session, *, slug: str | None = None, limit: int = 50
-) -> list[tuple[Edition, int]]:
-    """Recent editions, newest first, with their story counts."""
+    session: Session, *, slug: str | None = None, limit: int = 50, cursor: str | None = None
+) -> Page[EditionRow]:
+    """Editions, newest issue first, with their story counts; ``cursor`` continues."""
     count = (
         select(func.count(EditionStory.id))
         .where(EditionStory.edition_id == Edition.id)
         .scalar_subquery()
     )
     query = (
-        select(Edition, count).order_by(Edition.issue_date.desc(), Edition.id.desc()).limit(limit)
+        select(Edition, count)
+        .order_by(Edition.issue_date.desc(), Edition.id.desc())
+        .limit(limit + 1)
     )
     if slug:
         query = query.where(Edition.newsletter == slug)
-    return [(e, n) for e, n in session.execute(query)]
+    if cursor is not None:
+        day_text, id_text = cursor_parts(cursor, 2)
+        try:
+            day = date.fromisoformat(day_text)
+        except ValueError:
+            raise InputError(f"invalid page cursor {cursor!r}", code="input.cursor") from None
+        last = cursor_int(id_text)
+        query = query.where(
+            or_(Edition.issue_date < day, and_(Edition.issue_date == day, Edition.id < last))
+        )
+    found = [
+        EditionRow(e.id, e.newsletter, e.issue_date, e.kind, e.status, e.subject, int(n))
+        for e, n in session.execute(query)
+    ]
+    rows = found[:limit]
+    more = len(found) > limit
+    return Page(rows, f"{rows[-1].issue_date.isoformat()}|{rows[-1].id}" if more else None)
 
 
 def edition_view(edition: Edition, settings: Settings) -> types.EditionView:

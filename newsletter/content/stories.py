@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import Insert, Table, func, insert, select
+from sqlalchemy import Insert, Table, and_, func, insert, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -42,6 +42,7 @@ from newsletter.content.sanitise import (
     plain_text,
     summary_text,
 )
+from newsletter.db import Page, cursor_int, cursor_parts
 from newsletter.errors import FeedError, InputError, NotFoundError
 from newsletter.models import Edition, EditionStory, Story, StoryOrigin, utcnow
 
@@ -323,15 +324,31 @@ def list_stories(
     newsletter: str | None = None,
     include_hidden: bool = False,
     limit: int = 100,
-) -> list[Story]:
-    """Stories newest first (undated ones by when they were fetched)."""
+    cursor: str | None = None,
+) -> Page[Story]:
+    """Stories newest first (undated ones by when they were fetched); ``cursor`` continues."""
     newest = func.coalesce(Story.published_at, Story.fetched_at)
-    q = select(Story).order_by(newest.desc(), Story.id.desc()).limit(limit)
+    q = select(Story).order_by(newest.desc(), Story.id.desc()).limit(limit + 1)
     if newsletter is not None:
         q = q.where(Story.newsletter == newsletter)
     if not include_hidden:
         q = q.where(Story.hidden.is_(False))
-    return list(session.scalars(q))
+    if cursor is not None:
+        when_text, id_text = cursor_parts(cursor, 2)
+        try:
+            when = datetime.fromisoformat(when_text)
+        except ValueError:
+            raise InputError(f"invalid page cursor {cursor!r}", code="input.cursor") from None
+        last = cursor_int(id_text)
+        at = literal(when, Story.fetched_at.type)
+        q = q.where(or_(newest < at, and_(newest == at, Story.id < last)))
+    found = list(session.scalars(q))
+    rows = found[:limit]
+    if len(found) <= limit:
+        return Page(rows, None)
+    tail = rows[-1]
+    when = tail.published_at or tail.fetched_at
+    return Page(rows, f"{when.isoformat()}|{tail.id}")
 
 
 def _story(session: Session, story_id: int) -> Story:

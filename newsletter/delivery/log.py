@@ -8,30 +8,19 @@ a million-row log costs the same as the first.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
 
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from newsletter.db import Page, cursor_int
 from newsletter.models import ACCEPTED, Delivery, DeliveryFailure, DeliveryStatus
-
-T = TypeVar("T")
 
 #: Rows a runner may still claim.
 CLAIMABLE = (DeliveryStatus.QUEUED, DeliveryStatus.RETRY)
 #: Rows whose send is not over: claimable, or in a provider's hands.
 OPEN = (DeliveryStatus.QUEUED, DeliveryStatus.RETRY, DeliveryStatus.SENDING)
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    """One page of a listing; ``cursor`` continues it (None: this was the last)."""
-
-    items: Sequence[T]
-    cursor: int | None
 
 
 @dataclass(frozen=True)
@@ -70,7 +59,7 @@ def list_deliveries(
     status: DeliveryStatus | None = None,
     email: str | None = None,
     limit: int = 100,
-    cursor: int | None = None,
+    cursor: str | None = None,
 ) -> Page[DeliveryRow]:
     """Delivery rows, newest first, filtered; ``cursor`` from the previous page."""
     query = select(Delivery).order_by(Delivery.id.desc()).limit(limit + 1)
@@ -81,7 +70,7 @@ def list_deliveries(
     if email is not None:
         query = query.where(Delivery.email == email)
     if cursor is not None:
-        query = query.where(Delivery.id < cursor)
+        query = query.where(Delivery.id < cursor_int(cursor))
     found = list(session.scalars(query))
     rows = [
         DeliveryRow(
@@ -100,7 +89,7 @@ def list_deliveries(
         )
         for d in found[:limit]
     ]
-    return Page(rows, rows[-1].id if len(found) > limit else None)
+    return Page(rows, str(rows[-1].id) if len(found) > limit else None)
 
 
 def next_due(session: Session, *, edition_id: int) -> datetime | None:
