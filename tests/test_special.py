@@ -85,8 +85,12 @@ def test_markdown_is_rendered_sanitised_and_passes_checks(
     assert 'href="https://news.example.com/bridge"' in content.html
     assert 'alt="Map of the closure"' in content.html
     assert render.check_rendered(content) == []
-    assert content.text.startswith("# Bridge closed")
+    # the text part is the body's text (the one HTML-to-text conversion), then the footer
+    assert content.text.startswith("THE DAILY LEDGER\nBridge closed\n\nBridge closed\n")
+    assert "Main Street bridge is closed" in content.text and "<strong>" not in content.text
+    assert "<https://news.example.com/bridge>" in content.text  # a link keeps its URL
     assert UNSUBSCRIBE_URL in content.text and settings.sender.postal_address in content.text
+    assert "css" not in content.text.lower() and "{" not in content.text
 
 
 def test_markdown_with_a_relative_link_fails_the_checks(settings: Settings, tmp_path: Path) -> None:
@@ -102,9 +106,12 @@ def test_mjml_gets_the_footer_and_a_text_part(settings: Settings, tmp_path: Path
     assert "Where to vote" in content.html and UNSUBSCRIBE_URL in content.html
     assert render.check_rendered(content) == []
     assert content.text.startswith(
+        "THE DAILY LEDGER\nElection day\n\n"
         "Polls close at 8 pm. Where to vote <https://news.example.com/vote>"
     )
     assert f"Unsubscribe: {UNSUBSCRIBE_URL}" in content.text
+    assert content.text.count("You are receiving") == 1  # the footer once, not scraped twice
+    assert 'style="' in content.html  # CSS inlined as for the briefing
 
 
 @pytest.mark.parametrize(

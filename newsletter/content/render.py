@@ -26,6 +26,7 @@ import jinja2
 from markupsafe import Markup
 from mjml import mjml2html
 
+from newsletter.content.sanitise import html_to_text
 from newsletter.content.types import (
     NAME,
     PLACEHOLDERS,
@@ -36,7 +37,7 @@ from newsletter.content.types import (
     RecipientValues,
     RenderedEdition,
 )
-from newsletter.errors import CheckFailed, RenderError
+from newsletter.errors import CheckFailed, InputError, RenderError
 
 #: Gmail clips messages over ~102 KB; we refuse to send anything over 90 KB.
 MAX_HTML_BYTES = 90 * 1024
@@ -228,6 +229,58 @@ def _subject(ctx: dict[str, Any], subject_template: str, templates_dir: Path) ->
     return _shorten(_one_line(raw_subject), MAX_SUBJECT_CHARS)
 
 
+def _special_context(
+    *, subject: str, slug: str, name: str, issue_date: date, brand: Brand
+) -> dict[str, Any]:
+    return {
+        "newsletter": _NewsletterContext(slug=slug, name=name, description=""),
+        "subject": subject,
+        "brand": brand,
+        "recipient": _PLACEHOLDER_RECIPIENT,
+        "year": issue_date.year,
+    }
+
+
+def render_special(
+    *,
+    subject: str,
+    slug: str,
+    name: str,
+    issue_date: date,
+    brand: Brand,
+    templates_dir: Path,
+    body_html: str | None = None,
+    mjml: str | None = None,
+    filename: str = "the document",
+) -> RenderedEdition:
+    """A special edition: sanitised ``body_html`` in ``special.mjml.j2``, or a whole
+    ``mjml`` document closed with the standard footer; the same compile and CSS
+    inlining as the briefing, the text part from ``special.txt.j2`` with the body's
+    text (the one HTML-to-text conversion). Raises RenderError, InputError (an MJML
+    document without ``</mj-body>``)."""
+    templates_dir = Path(templates_dir)
+    ctx = _special_context(
+        subject=subject, slug=slug, name=name, issue_date=issue_date, brand=brand
+    )
+    if mjml is None:
+        body = Markup(body_html or "")
+        ctx["body_html"] = body
+        html = _compile_mjml(_render_file("special.mjml.j2", ctx, templates_dir), "special")
+        body_text = html_to_text(str(body), links=True)
+    else:
+        end = mjml.rfind("</mj-body>")
+        if end < 0:
+            raise InputError(
+                f"{filename}: not an MJML document (no </mj-body>)", code="special.not_mjml"
+            )
+        footer = _render_file("partials/footer.mjml.j2", ctx, templates_dir)
+        html = _compile_mjml(mjml[:end] + footer + mjml[end:], filename)
+        body_text = html_to_text(_compile_mjml(mjml, filename), links=True)
+    ctx["body_text"] = body_text
+    text = _render_file("special.txt.j2", ctx, templates_dir)
+    return RenderedEdition(subject=subject, html=html, text=_tidy_text(text))
+
+
 def render_mjml_source(
     view: EditionView, *, brand: Brand, template: str, templates_dir: Path
 ) -> str:
@@ -243,7 +296,7 @@ def _render_file(name: str, ctx: dict[str, Any], templates_dir: Path) -> str:
 
 
 def _compile_mjml(source: str, template: str) -> str:
-    name = f"{template}.mjml.j2"
+    name = template if "." in template or " " in template else f"{template}.mjml.j2"
     inline_css = "\n".join(m.group(1) for m in _INLINE_STYLE.finditer(source))
     source = _INLINE_STYLE.sub("", source)
     try:

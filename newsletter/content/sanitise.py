@@ -188,33 +188,59 @@ def clean_summary(html_text: str, *, base_url: str | None = None) -> str:
 
 
 class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
+    """Readable text from HTML: blocks become paragraphs, list items "- " lines."""
+
+    _SKIP = {"head", "style", "script", "title"}
+    _BLOCK = {"p", "blockquote", "ul", "ol", "div", "table", "tr", "h1", "h2", "h3", "h4", "hr"}
+
+    def __init__(self, *, links: bool) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
+        self.links = links
+        self._skipping = 0
+        self._href = ""
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "li":
+        if tag in self._SKIP:
+            self._skipping += 1
+        elif tag == "li":
             self.parts.append("\n- ")
-        elif tag in ("p", "blockquote", "ul", "ol"):
+        elif tag in self._BLOCK:
             self.parts.append("\n\n")
         elif tag == "br":
             self.parts.append("\n")
+        if tag == "a" and self.links and not self._skipping:
+            self._href = dict(attrs).get("href") or ""
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in ("p", "blockquote", "ul", "ol"):
+        if tag == "a" and self._href.startswith(("http://", "https://")):
+            self.parts.append(f" <{self._href}>")
+        if tag == "a":
+            self._href = ""
+        if tag in self._SKIP:
+            self._skipping = max(self._skipping - 1, 0)
+        elif tag in self._BLOCK:
             self.parts.append("\n\n")
 
     def handle_data(self, data: str) -> None:
-        self.parts.append(SPACE.sub(" ", data))
+        if not self._skipping:
+            self.parts.append(SPACE.sub(" ", data))
 
 
-def summary_text(html_text: str) -> str:
-    """Plain text of a cleaned summary: paragraphs separated by blank lines, "- " items."""
-    parser = _TextExtractor()
+def html_to_text(html_text: str, *, links: bool = False) -> str:
+    """Plain text of HTML: paragraphs separated by blank lines, "- " list items, and
+    with ``links`` each link's URL after its text. The one HTML-to-text conversion
+    (story summaries, special editions)."""
+    parser = _TextExtractor(links=links)
     parser.feed(html_text)
     parser.close()
     lines = [line.strip() for line in "".join(parser.parts).split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def summary_text(html_text: str) -> str:
+    """Plain text of a cleaned summary: paragraphs separated by blank lines, "- " items."""
+    return html_to_text(html_text)
 
 
 def plain_text(value: Any, limit: int) -> str:
