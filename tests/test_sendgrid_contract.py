@@ -161,9 +161,9 @@ SHAPES: dict[str, tuple[PreparedEdition, list[Recipient]]] = {
         _edition(),
         [_recipients(1)[0]._replace(delivery_id=None, email="editor@example.com")],
     ),
-    "links that need escaping": (
+    "names that need escaping": (
         _edition(),
-        [r._replace(unsubscribe_url=r.unsubscribe_url + '?a=1&b="2"') for r in _recipients(2)],
+        [r._replace(name='Tom & "Jerry" <tj>, Esq.') for r in _recipients(2)],
     ),
 }
 
