@@ -188,6 +188,22 @@ class SchedulerSettings(_Section):
         return self
 
 
+class WebSettings(_Section):
+    """`newsletter serve`: the readers' pages (and, later, the console and the API)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    confirm_days: int = Field(default=7, ge=1, le=90)  # a confirmation link expires
+    confirm_every_hours: float = Field(default=24.0, gt=0)  # one confirmation per address
+    subscribe_per_ip_per_hour: int = Field(default=10, ge=1)
+    captcha: Literal["none", "altcha"] = "none"
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Behind a reverse proxy the client's address is in X-Forwarded-For; trust it only
+    # when the proxy sets it (else anyone could pick the address their requests count
+    # against).
+    trust_forwarded_for: bool = False
+
+
 class NewsletterSettings(_Section):
     """One newsletter: where its stories come from, when and how it goes out."""
 
@@ -252,6 +268,46 @@ class NewsletterSettings(_Section):
         return v
 
 
+_DAY_NAMES = ("Sundays", "Mondays", "Tuesdays", "Wednesdays", "Thursdays", "Fridays", "Saturdays")
+_DAY_KEYS = {name[:3].lower(): i for i, name in enumerate(_DAY_NAMES)}
+
+
+def _days(field: str) -> str | None:
+    """A cron day-of-week field in words, or None when it is not a simple one."""
+    if field in ("*", "?"):
+        return "every day"
+    if field.lower() in ("1-5", "mon-fri"):
+        return "weekdays"
+    days = []
+    for part in field.lower().split(","):
+        index = int(part) % 7 if part.isdigit() else _DAY_KEYS.get(part)
+        if index is None:
+            return None  # a range or step: said as the cron expression would be clearer
+        days.append(_DAY_NAMES[index])
+    return " and ".join([", ".join(days[:-1]), days[-1]] if len(days) > 1 else days)
+
+
+def describe_cadence(newsletter: NewsletterSettings) -> str:
+    """When a newsletter comes, in words: "every morning at 06:30 your time",
+    "Saturdays at 08:00 London time"; "" for a schedule too irregular to say simply."""
+    fields = newsletter.schedule.split()
+    if len(fields) != 5 or fields[2] != "*" or fields[3] != "*":
+        return ""
+    days = _days(fields[4])
+    if days is None:
+        return ""
+    if newsletter.local_time:
+        at, where = newsletter.local_time, "your time"
+    elif fields[0].isdigit() and fields[1].isdigit():
+        at = f"{int(fields[1]):02d}:{int(fields[0]):02d}"
+        where = newsletter.timezone.rsplit("/", 1)[-1].replace("_", " ") + " time"
+    else:
+        return ""
+    if days == "every day":
+        days = "every morning" if at < "12:00" else "every evening" if at >= "17:00" else days
+    return f"{days} at {at} {where}"
+
+
 def _clock(value: str, what: str) -> dt.time:
     if re.fullmatch(r"\d\d:\d\d", value):
         try:
@@ -307,6 +363,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     delivery: DeliverySettings = DeliverySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    web: WebSettings = WebSettings()
     newsletters: dict[str, NewsletterSettings] = Field(default_factory=_default_newsletters)
 
     # Secrets: environment only (NEWSLETTER_SECRET_KEY, ...).

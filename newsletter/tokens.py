@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-from itsdangerous import BadSignature, Signer
+from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner
 from itsdangerous.encoding import base64_encode, want_bytes
 
 from newsletter.errors import InputError
@@ -93,3 +93,23 @@ def read_token(secret: str, token: str, *, purpose: Purpose) -> TokenData:
     if not sep or not key:
         raise InputError(f"invalid {purpose} token", code="token.invalid", purpose=purpose)
     return TokenData(purpose=purpose, subscriber_key=key, newsletter=newsletter)
+
+
+def make_timed_token(secret: str, *, purpose: Purpose, value: str) -> str:
+    """Sign ``value`` with the time it was signed, for a link that expires (confirm)."""
+    signer = TimestampSigner(secret, salt=_SALT[purpose], digest_method=hashlib.sha256)
+    return signer.sign(value).decode("ascii")
+
+
+def read_timed_token(secret: str, token: str, *, purpose: Purpose, max_age: int) -> str:
+    """The value of a timed token; InputError if forged, altered, expired (code
+    ``token.expired``) or for another purpose."""
+    signer = TimestampSigner(secret, salt=_SALT[purpose], digest_method=hashlib.sha256)
+    try:
+        return signer.unsign(token, max_age=int(max_age)).decode("ascii")
+    except SignatureExpired:
+        raise InputError(f"the {purpose} link has expired", code="token.expired") from None
+    except (BadSignature, UnicodeError):
+        raise InputError(
+            f"invalid or tampered {purpose} token", code="token.invalid", purpose=purpose
+        ) from None

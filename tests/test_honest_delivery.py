@@ -178,6 +178,9 @@ class _GoesAway:
         self.batches -= 1
         return self.provider.send_batch(edition, recipients)
 
+    def send_single(self, message: PreparedEdition, recipient: Recipient) -> Outcome:
+        return self.provider.send_single(message, recipient)
+
     def close(self) -> None:
         self.provider.close()
 

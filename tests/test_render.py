@@ -201,7 +201,11 @@ def test_html_layout_essentials() -> None:
 
 def test_text_part_layout() -> None:
     text = render().text
-    assert text.startswith("THE DAILY LEDGER\nTuesday, 24 November 2026\n\nHi %%NAME%%,\n")
+    assert text.startswith(
+        "THE DAILY LEDGER\nTuesday, 24 November 2026\n"
+        "View in your browser: https://news.example.com/archive/daily-briefing/2026-11-24\n"
+        "\nHi %%NAME%%,\n"
+    )
     assert " 1. TOP STORY · WORLD\n    Coastal cities agree" in text
     assert " 4. Why the city's night buses are suddenly full\n" in text  # no kicker
     for i in range(1, 9):
@@ -212,6 +216,26 @@ def test_text_part_layout() -> None:
     long_lines = [line for line in text.splitlines() if len(line) > 72 and "://" not in line]
     assert long_lines == []
     assert "<" not in text  # no markup leaks into the text part
+
+
+def test_headlines_alike_and_each_source_named_once() -> None:
+    rendered = render()
+    html, text = rendered.html, rendered.text
+    sizes = re.findall(r'class="title"[^>]*>\s*<div style="[^"]*font-size:(\d+px)', html)
+    assert len(sizes) == 8 and len(set(sizes)) == 1  # the lead's headline like the others
+    for source in ("Reuters", "Financial Wire", "Nature News"):
+        assert html.count(source) == 1 and text.count(source) == 1
+    assert "Read at" not in html and "Read more at" not in text
+    assert html.count("View in your browser") == 1
+    assert 'href="https://news.example.com/archive/daily-briefing/2026-11-24"' in html
+
+
+@pytest.mark.parametrize(("name", "greeting"), [("", "Hi there,"), ("Cher", "Hi Cher,")])
+def test_the_greeting_works_with_no_name_or_one_word(name: str, greeting: str) -> None:
+    personal = Personaliser(render())
+    values = RecipientValues(name, "https://news.example.com/u", "https://news.example.com/p")
+    assert greeting in personal.html(values) and f"\n{greeting}\n" in personal.text(values)
+    assert "Hi ," not in personal.html(values) and "Hi  " not in personal.text(values)
 
 
 def test_reply_line_only_with_reply_to() -> None:

@@ -40,14 +40,12 @@ from newsletter.delivery import ledger
 from newsletter.errors import InputError, NotFoundError, StateError
 from newsletter.models import (
     Delivery,
-    DeliveryStatus,
     SendEvent,
     Subscriber,
     Subscription,
     SubscriptionStatus,
     Suppression,
     SuppressionReason,
-    delivery_sources,
     transition_subscription,
     utcnow,
 )
@@ -73,6 +71,11 @@ def _zones() -> dict[str, str]:
         if z not in ("localtime", "Factory", "posixrules")
         and not z.startswith(("posix/", "right/"))
     }
+
+
+def timezone_names() -> list[str]:
+    """Every IANA zone a reader can choose (places, "Area/City"), sorted."""
+    return sorted(z for z in _zones().values() if "/" in z and not z.startswith("Etc/"))
 
 
 def normalise_timezone(value: str | None) -> str | None:
@@ -236,11 +239,14 @@ def confirm(session: Session, *, email: str, newsletter: str | None = None) -> l
     return active
 
 
-def _unsubscribe(session: Session, sub: Subscriber, newsletter: str | None) -> list[Subscription]:
+def _unsubscribe(
+    session: Session, sub: Subscriber, newsletter: str | None, *, via: str = "cli"
+) -> list[Subscription]:
     changed = []
     for s in sub.subscriptions:
         if newsletter in (None, s.newsletter) and s.status is not SubscriptionStatus.UNSUBSCRIBED:
             transition_subscription(s, SubscriptionStatus.UNSUBSCRIBED)
+            s.unsubscribed_via = via
             changed.append(s)
     if newsletter is None:
         add_entry(
@@ -256,7 +262,9 @@ def _unsubscribe(session: Session, sub: Subscriber, newsletter: str | None) -> l
     return changed
 
 
-def unsubscribe(session: Session, *, email: str, newsletter: str | None) -> list[Subscription]:
+def unsubscribe(
+    session: Session, *, email: str, newsletter: str | None, via: str = "cli"
+) -> list[Subscription]:
     """Unsubscribe from one newsletter, or from all (None) — which also suppresses.
 
     Idempotent: returns only the subscriptions this call changed. Raises
@@ -268,7 +276,7 @@ def unsubscribe(session: Session, *, email: str, newsletter: str | None) -> list
     address = normalise_email(email)
     sub = _find(session, address)
     if newsletter is None:
-        return _unsubscribe(session, sub or _require(session, address), None)
+        return _unsubscribe(session, sub or _require(session, address), None, via=via)
     if sub is None or all(s.newsletter != newsletter for s in sub.subscriptions):
         raise NotFoundError(
             f"{address} is not subscribed to {newsletter}",
@@ -276,10 +284,12 @@ def unsubscribe(session: Session, *, email: str, newsletter: str | None) -> list
             email=address,
             slug=newsletter,
         )
-    return _unsubscribe(session, sub, newsletter)
+    return _unsubscribe(session, sub, newsletter, via=via)
 
 
-def unsubscribe_by_token(session: Session, *, token: str, settings: Settings) -> list[Subscription]:
+def unsubscribe_by_token(
+    session: Session, *, token: str, settings: Settings, via: str = "cli"
+) -> list[Subscription]:
     """Act on a signed unsubscribe token (one-click URL, mailto handler, CLI).
 
     The token's newsletter "" means every newsletter (and suppresses the address).
@@ -292,7 +302,7 @@ def unsubscribe_by_token(session: Session, *, token: str, settings: Settings) ->
     sub = session.scalars(stmt).one_or_none()
     if sub is None:
         return []
-    return _unsubscribe(session, sub, data.newsletter or None)
+    return _unsubscribe(session, sub, data.newsletter or None, via=via)
 
 
 # ----- removal and erasure --------------------------------------------------
@@ -357,14 +367,13 @@ def remove(session: Session, *, email: str, newsletter: str | None, forget: bool
             code="subscriber.not_found",
             email=address,
         )
-    cancellable = set(delivery_sources(DeliveryStatus.CANCELLED))
+    # The address is gone: nothing queued may go to "forgotten" (the ledger cancels it).
+    ledger.cancel_for_recipient(session, email=address, newsletter=None, now=utcnow())
     for d in deliveries:
+        session.refresh(d, ["status"])
         d.email, d.name, d.subscriber_id = FORGOTTEN, "", None
         if d.error:
             d.error = pattern.sub(FORGOTTEN, d.error)
-        if d.status in cancellable:
-            # The address is gone; a queued row must not be sent to "forgotten".
-            d.status = DeliveryStatus.CANCELLED
     if deliveries:
         events = select(SendEvent).where(SendEvent.delivery_id.in_([d.id for d in deliveries]))
         for event in session.scalars(events):

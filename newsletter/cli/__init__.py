@@ -40,7 +40,7 @@ def init(app: App) -> None:
 
 
 def _register() -> None:
-    from newsletter.cli import deliveries, editions, scheduler, send, stories, subscribers
+    from newsletter.cli import deliveries, editions, scheduler, send, serve, stories, subscribers
 
     cli.add_command(subscribers.group)
     cli.add_command(stories.group)
@@ -50,6 +50,7 @@ def _register() -> None:
     cli.add_command(deliveries.group)
     cli.add_command(scheduler.scheduler_command)
     cli.add_command(scheduler.group)
+    cli.add_command(serve.serve)
 
 
 _register()

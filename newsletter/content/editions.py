@@ -239,10 +239,23 @@ class EditionRow:
     stories: int
 
 
+#: Editions readers may see in the archive: their send has started (never a built,
+#: held or cancelled one).
+PUBLISHED = (EditionStatus.SENDING, EditionStatus.PAUSED, EditionStatus.SENT)
+
+
 def list_editions(
-    session: Session, *, slug: str | None = None, limit: int = 50, cursor: str | None = None
+    session: Session,
+    *,
+    slug: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+    published: bool = False,
 ) -> Page[EditionRow]:
-    """Editions, newest issue first, with their story counts; ``cursor`` continues."""
+    """Editions, newest issue first, with their story counts; ``cursor`` continues.
+
+    ``published`` keeps only those readers may see (see :data:`PUBLISHED`).
+    """
     count = (
         select(func.count(EditionStory.id))
         .where(EditionStory.edition_id == Edition.id)
@@ -255,6 +268,8 @@ def list_editions(
     )
     if slug:
         query = query.where(Edition.newsletter == slug)
+    if published:
+        query = query.where(Edition.status.in_(PUBLISHED), Edition.send_started_at.is_not(None))
     if cursor is not None:
         day_text, id_text = cursor_parts(cursor, 2)
         try:

@@ -26,6 +26,7 @@ import jinja2
 from markupsafe import Markup
 from mjml import mjml2html
 
+from newsletter import urls
 from newsletter.content.sanitise import html_to_text
 from newsletter.content.types import (
     NAME,
@@ -66,6 +67,7 @@ class _EditionContext:
     date: date
     date_long: str
     story_count: int
+    archive_url: str  # its web version
 
 
 # The templates see the placeholders as the recipient's values, so they flow
@@ -178,6 +180,7 @@ def _context(view: EditionView, brand: Brand) -> dict[str, Any]:
             date=view.issue_date,
             date_long=format_date_long(view.issue_date),
             story_count=len(stories),
+            archive_url=urls.archive(brand.base_url, view.newsletter_slug, view.issue_date),
         ),
         "lead": stories[0],
         "stories": stories,
@@ -278,6 +281,26 @@ def render_special(
         body_text = html_to_text(_compile_mjml(mjml, filename), links=True)
     ctx["body_text"] = body_text
     text = _render_file("special.txt.j2", ctx, templates_dir)
+    return RenderedEdition(subject=subject, html=html, text=_tidy_text(text))
+
+
+def render_letter(
+    template: str,
+    *,
+    subject: str,
+    brand: Brand,
+    templates_dir: Path,
+    context: dict[str, Any],
+) -> RenderedEdition:
+    """A one-off message (a confirmation) from ``{template}.mjml.j2`` and ``.txt.j2``.
+
+    ``context`` must hold only values we wrote (newsletter names, links), never a
+    visitor's text. Raises RenderError.
+    """
+    templates_dir = Path(templates_dir)
+    ctx = {**context, "subject": subject, "brand": brand}
+    html = _compile_mjml(_render_file(f"{template}.mjml.j2", ctx, templates_dir), template)
+    text = _render_file(f"{template}.txt.j2", ctx, templates_dir)
     return RenderedEdition(subject=subject, html=html, text=_tidy_text(text))
 
 

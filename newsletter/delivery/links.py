@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import date
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from newsletter import tokens
+from newsletter import tokens, urls
 from newsletter.config import Settings
 from newsletter.content.types import RecipientValues
 from newsletter.delivery.types import Recipient
@@ -36,7 +36,7 @@ def _links(
     """Per-send constants, so each recipient costs one signature and three joins."""
     sign = tokens.signer(secret, "unsubscribe").sign
     suffix = f":{newsletter}"
-    unsubscribe, preferences = f"{base_url}/unsubscribe/", f"{base_url}/preferences/"
+    unsubscribe, preferences = base_url + urls.UNSUBSCRIBE, base_url + urls.PREFERENCES
     mailto = f"mailto:{mailbox}?subject=unsubscribe%20"
 
     def links(key: str) -> tuple[str, str, str]:
@@ -70,20 +70,19 @@ def preview_values(settings: Settings) -> RecipientValues:
     base = settings.site.base_url
     return RecipientValues(
         name="",
-        unsubscribe_url=f"{base}/unsubscribe/{PREVIEW_KEY}",
-        preferences_url=f"{base}/preferences/{PREVIEW_KEY}",
+        unsubscribe_url=base + urls.UNSUBSCRIBE + PREVIEW_KEY,
+        preferences_url=base + urls.PREFERENCES + PREVIEW_KEY,
     )
 
 
 def confirm_url(settings: Settings, token: str) -> str:
     """The link in a confirmation email."""
-    return f"{settings.site.base_url}/confirm/{token}"
+    return settings.site.base_url + urls.CONFIRM + token
 
 
 def archive_url(settings: Settings, newsletter: str, issue_date: date | None = None) -> str:
     """An edition's web version (or, without a date, the newsletter's archive)."""
-    base = f"{settings.site.base_url}/archive/{newsletter}"
-    return f"{base}/{issue_date.isoformat()}" if issue_date else base
+    return urls.archive(settings.site.base_url, newsletter, issue_date)
 
 
 def token_from(text: str) -> str:

@@ -70,6 +70,8 @@ _BAD_URI = re.compile(r"[\x00-\x20<>\x7f]")
 
 def message_id(edition: PreparedEdition, recipient: Recipient) -> str:
     """A unique Message-ID naming the edition and delivery, e.g. <e12.d345.ab12@domain>."""
+    if edition.single:  # a confirmation: no edition, no delivery
+        return f"<{edition.newsletter}.{secrets.token_hex(8)}@{edition.domain}>"
     who = f"d{recipient.delivery_id}" if recipient.delivery_id is not None else "test"
     return f"<e{edition.edition_id}.{who}.{secrets.token_hex(6)}@{edition.domain}>"
 
@@ -229,9 +231,10 @@ class MessageTemplate:
         b.literal(_header("Subject", edition.subject))
         b.slot(DATE)
         b.slot(MESSAGE_ID)
-        b.literal(_header("List-Id", edition.list_id))
-        b.slot(LIST_UNSUBSCRIBE)
-        b.literal(b"List-Unsubscribe-Post: " + ONE_CLICK.encode() + CRLF)
+        if not edition.single:
+            b.literal(_header("List-Id", edition.list_id))
+            b.slot(LIST_UNSUBSCRIBE)
+            b.literal(b"List-Unsubscribe-Post: " + ONE_CLICK.encode() + CRLF)
         b.literal(b"MIME-Version: 1.0\r\n")
         b.literal(b'Content-Type: multipart/alternative; boundary="' + self.boundary + b'"\r\n')
         for subtype, body, base in (
@@ -283,7 +286,8 @@ class MessageTemplate:
         values[TO] = mailbox_header(b"To", recipient.name, recipient.email)
         values[DATE] = b"Date: " + date + CRLF
         values[MESSAGE_ID] = b"Message-ID: " + message_id_.encode("ascii") + CRLF
-        values[LIST_UNSUBSCRIBE] = list_unsubscribe_header(recipient)
+        if not self.edition.single:
+            values[LIST_UNSUBSCRIBE] = list_unsubscribe_header(recipient)
         for index in range(len(PLACEHOLDERS)):
             values[_TEXT + index] = qp_encode(text[index])
             values[_HTML + index] = qp_encode(html[index])

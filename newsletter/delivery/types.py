@@ -35,6 +35,8 @@ class PreparedEdition:
     reply_to: str | None
     list_id: str
     domain: str
+    # A message to one person outside any list (a confirmation): no List-* headers.
+    single: bool = False
 
     @property
     def subject(self) -> str:

@@ -75,8 +75,42 @@ class Subscription(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # How they left: one-click, preferences, mailto, cli, import, event (see events).
+    unsubscribed_via: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="subscriptions")
+
+
+class Signup(Base):
+    """A sign-up on the web, waiting for its confirmation link to be used.
+
+    What the visitor asked for (newsletters, name, timezone) is kept here, not in
+    the confirmation email (no visitor text reaches a stranger's inbox) and not on
+    the subscriber (a stranger must not change a subscriber's name). Confirming
+    applies it.
+    """
+
+    __tablename__ = "signups"
+    __table_args__ = (Index("ix_signups_subscriber_created", "subscriber_id", "created_at"),)
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_key)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    newsletters: Mapped[list[str]] = mapped_column(JSON, default=list)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    mailed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class RateLimit(Base):
+    """A fixed-window counter of the web forms' rate limits, shared by every web node."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class Suppression(Base):
@@ -322,6 +356,8 @@ def delivery_sources(new: DeliveryStatus) -> list[DeliveryStatus]:
 
 
 __all__ = [
+    "RateLimit",
+    "Signup",
     "Subscriber",
     "Subscription",
     "Suppression",

@@ -18,6 +18,10 @@ sent at all (missing key, bad credentials) so the send stops before more is clai
 A recipient is reported ``sent`` only once the mail system accepted it; it raises
 ProviderConfigError only before any part of the batch was accepted.
 
+``send_single`` sends one message outside the ledger (a confirmation; a
+``PreparedEdition`` with ``single`` set carries no List-* headers) and returns its
+Outcome; it raises ProviderConfigError like ``send_batch``.
+
 ``idempotent`` says that handing the same delivery over twice still yields one
 message (the outbox names each file after its delivery). For such a provider a
 batch left uncertain by a crash is simply sent again, whatever ``delivery.uncertain``
@@ -46,5 +50,7 @@ class Provider(Protocol):
     def send_batch(
         self, edition: PreparedEdition, recipients: Sequence[Recipient]
     ) -> list[Outcome]: ...
+
+    def send_single(self, message: PreparedEdition, recipient: Recipient) -> Outcome: ...
 
     def close(self) -> None: ...

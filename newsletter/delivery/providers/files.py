@@ -76,6 +76,25 @@ class OutboxProvider:
             outcomes.append(Outcome(r.delivery_id, OutcomeStatus.SENT, message_id=message_id))
         return outcomes
 
+    def send_single(self, message: PreparedEdition, recipient: Recipient) -> Outcome:
+        """Write one message under ``root/single/<kind>/``, named after time and address."""
+        folder = self.root / "single" / message.newsletter
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        path = folder / f"{stamp}-{_UNSAFE.sub('_', recipient.email)}.eml"
+        try:
+            message_id, data = template_for(message).render(recipient, date=date_header(utcnow()))
+        except UnsendableRecipient as exc:
+            return Outcome(recipient.delivery_id, OutcomeStatus.FAILED, error=str(exc))
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            error = f"outbox write failed: {exc.strerror}"
+            return Outcome(recipient.delivery_id, OutcomeStatus.RETRY, error=error)
+        return Outcome(recipient.delivery_id, OutcomeStatus.SENT, message_id=message_id)
+
     def check(self) -> None:
         """The folder must be writable."""
         if not os.access(self.root, os.W_OK):

@@ -80,6 +80,7 @@ class ScriptedProvider:
         self.name, self.max_batch, self.idempotent = name, max_batch, idempotent
         self._check = check
         self.calls: list[list[Recipient]] = []
+        self.singles: list[tuple[PreparedEdition, Recipient]] = []
         self.copies: Counter[str] = Counter()
         self.closed = False
         self._lock = threading.Lock()
@@ -102,6 +103,13 @@ class ScriptedProvider:
                 emails[o.delivery_id] for o in outcomes if o.status is OutcomeStatus.SENT
             )
         return outcomes
+
+    def send_single(self, message: PreparedEdition, recipient: Recipient) -> Outcome:
+        """A batch of one through the handler; kept in ``singles`` too."""
+        with self._lock:
+            self.singles.append((message, recipient))
+        [outcome] = self.send_batch(message, [recipient])
+        return outcome
 
     def close(self) -> None:
         """Nothing to release; remembered so tests can check it was called."""

@@ -201,6 +201,11 @@ class SendGridProvider:
             outcomes += self._deliver(edition, chunk, attempt)
         return outcomes
 
+    def send_single(self, message: PreparedEdition, recipient: Recipient) -> Outcome:
+        """One message outside the ledger (a confirmation): a batch of one."""
+        [outcome] = self.send_batch(message, [recipient])
+        return outcome
+
     def close(self) -> None:
         """Nothing to release: the package opens a connection per request."""
 

@@ -213,6 +213,8 @@ def _envelope(edition: PreparedEdition) -> dict[str, Any]:
         "categories": [edition.newsletter],
         "headers": {"List-Id": edition.list_id, "List-Unsubscribe-Post": ONE_CLICK},
     }
+    if edition.single:
+        del body["headers"]
     if edition.reply_to:
         body["reply_to"] = {"email": edition.reply_to}
     return body
@@ -287,6 +289,7 @@ def build_request(
     names_plain = _plain([r.name for r in recipients], _UNPLAIN_NAMES)
     js = _json_str
     edition_js = f'"{edition.edition_id}"'
+    single = edition.single
     parts: list[str] = []
     included: list[Recipient] = []
     rejected: list[Outcome] = []
@@ -332,20 +335,22 @@ def build_request(
         to_name = f',"name":{to_js}' if r.name and not r.name.isspace() else ""
         delivery = "" if r.delivery_id is None else f',"delivery_id":"{r.delivery_id}"'
         if links_plain:
+            header = "" if single else f',"headers":{{"List-Unsubscribe":"{list_unsubscribe(r)}"}}'
             parts.append(
                 f'{{"to":[{{"email":"{r.email}"{to_name}}}],'
                 f'"substitutions":{{"{NAME}":{shown_js},"{NAME_HTML}":{shown_html_js},'
                 f'"{UNSUBSCRIBE_URL}":"{unsub}","{PREFERENCES_URL}":"{prefs}"}},'
-                f'"custom_args":{{"edition_id":{edition_js}{delivery}}},'
-                f'"headers":{{"List-Unsubscribe":"{list_unsubscribe(r)}"}}}}'
+                f'"custom_args":{{"edition_id":{edition_js}{delivery}}}{header}}}'
             )
         else:
+            header = (
+                "" if single else f',"headers":{{"List-Unsubscribe":{js(list_unsubscribe(r))}}}'
+            )
             parts.append(
                 f'{{"to":[{{"email":{js(r.email)}{to_name}}}],'
                 f'"substitutions":{{"{NAME}":{shown_js},"{NAME_HTML}":{shown_html_js},'
                 f'"{UNSUBSCRIBE_URL}":{js(unsub)},"{PREFERENCES_URL}":{js(prefs)}}},'
-                f'"custom_args":{{"edition_id":{edition_js}{delivery}}},'
-                f'"headers":{{"List-Unsubscribe":{js(list_unsubscribe(r))}}}}}'
+                f'"custom_args":{{"edition_id":{edition_js}{delivery}}}{header}}}'
             )
         included.append(r)
     # "replace": a lone surrogate (broken input) becomes "?" rather than an exception.

@@ -341,6 +341,11 @@ class SMTPProvider:
             old.close()
         self._idle.put(conn)
 
+    def send_single(self, message: PreparedEdition, recipient: Recipient) -> Outcome:
+        """One message outside the ledger (a confirmation): a batch of one."""
+        [outcome] = self.send_batch(message, [recipient])
+        return outcome
+
     def close(self) -> None:
         """Stop the workers and QUIT every pooled connection."""
         if self._executor is not None:

@@ -1,0 +1,99 @@
+"""The web app: the readers' pages today (the staff console and the API come next).
+
+:func:`create_app` builds one ASGI app from one Settings: FastAPI (on Starlette),
+pages rendered on the server with Jinja2, working without JavaScript. Nothing a
+request needs lives only in this process (rate limits are in the database), so
+any number of web nodes can serve one site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from newsletter import db
+from newsletter.config import Settings
+from newsletter.delivery.providers import Provider, open_providers
+from newsletter.errors import NewsletterError
+from newsletter.web import public
+from newsletter.web.pages import error_page, message
+from newsletter.web.ratelimit import Limits
+from newsletter.web.security import CSRF, BodyLimit, SecurityHeaders
+from newsletter.web.state import WebState
+
+STATIC = Path(__file__).parent / "static"
+
+Providers = Callable[[Settings], AbstractContextManager[tuple[Provider, Provider | None]]]
+
+
+def create_app(settings: Settings, *, providers: Providers = open_providers) -> FastAPI:
+    """The ASGI app for ``settings``; the database must be initialised."""
+    engine = db.make_engine(settings.database_url)
+    db.check_schema(engine)
+    sessions = db.session_factory(engine)
+    web = WebState(
+        settings=settings,
+        sessions=sessions,
+        csrf=CSRF(settings.signing_key),
+        limits=Limits(sessions, signups_per_hour=settings.web.subscribe_per_ip_per_hour),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with providers(settings) as (provider, _secondary):
+            web.provider = provider
+            try:
+                yield
+            finally:
+                web.provider = None
+                engine.dispose()
+
+    app = FastAPI(
+        title=settings.service.name,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.web = web
+    app.include_router(public.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(NewsletterError, _service_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _bad_request)
+    app.add_exception_handler(Exception, _crash)
+    app.add_middleware(BodyLimit, limit=settings.web.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+async def _service_error(request: Request, exc: Any) -> Response:
+    return error_page(request, exc)
+
+
+async def _http_error(request: Request, exc: Any) -> Response:
+    status = int(getattr(exc, "status_code", 500))
+    if status == 404:
+        return message(request, "Not found", "There is no page at this address.", status=404)
+    if status == 405:
+        return message(request, "Not allowed", "This page does not take that request.", status=405)
+    return message(request, "That did not work", "Please try again.", status=status)
+
+
+async def _bad_request(request: Request, exc: Any) -> Response:
+    return message(request, "That did not work", "The form was not complete.", status=400)
+
+
+async def _crash(request: Request, exc: Any) -> Response:
+    import logging
+
+    logging.getLogger(__name__).exception("unexpected error serving a page")
+    return message(request, "Something went wrong", "Please try again later.", status=500)

@@ -1,0 +1,23 @@
+"""What every request of one web app shares (built once by the app factory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter.audience.subscribers import timezone_names
+from newsletter.config import Settings
+from newsletter.delivery.providers.base import Provider
+from newsletter.web.ratelimit import Limits
+from newsletter.web.security import CSRF
+
+
+@dataclass
+class WebState:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    csrf: CSRF
+    limits: Limits
+    provider: Provider | None = None  # opened by the app's lifespan
+    zones: tuple[str, ...] = field(default_factory=lambda: tuple(timezone_names()))
