@@ -41,7 +41,13 @@ from newsletter.errors import ConfigError
 ENV_PREFIX = "NEWSLETTER_"
 DEFAULT_CONFIG = Path("config.toml")
 DEV_SECRET = "development-only-secret-do-not-use-in-production"
-SECRET_FIELDS = ("secret_key", "sendgrid_api_key", "smtp_password", "dkim_private_key")
+SECRET_FIELDS = (
+    "secret_key",
+    "sendgrid_api_key",
+    "smtp_password",
+    "dkim_private_key",
+    "sendgrid_webhook_key",
+)
 PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "xxx", "todo", "placeholder"}
 MIN_SECRET_LENGTH = 16
 
@@ -204,6 +210,14 @@ class WebSettings(_Section):
     trust_forwarded_for: bool = False
 
 
+class EventsSettings(_Section):
+    """What happens after the hand-off: provider events, bounces, complaints."""
+
+    max_age_seconds: int = Field(default=600, ge=10)  # a signed webhook older is refused
+    soft_bounce_limit: int = Field(default=3, ge=1)  # soft bounces that suppress...
+    soft_bounce_days: int = Field(default=7, ge=1)  # ...within this many days
+
+
 class NewsletterSettings(_Section):
     """One newsletter: where its stories come from, when and how it goes out."""
 
@@ -216,6 +230,8 @@ class NewsletterSettings(_Section):
     freshness_hours: int = Field(default=24, ge=1)
     subject: str = "{{ newsletter.name }}: {{ lead.title }}"
     template: str = "briefing"
+    # Open and click tracking (SendGrid): false turns it off and stores none.
+    tracking: bool = True
     # Scheduling (see newsletter/scheduler.py). local_time "HH:MM" delivers in each
     # subscriber's own timezone; stale_after is the deadline past which a run or a
     # wave is skipped: a local clock time "HH:MM" or a delay after the scheduled
@@ -364,6 +380,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     web: WebSettings = WebSettings()
+    events: EventsSettings = EventsSettings()
     newsletters: dict[str, NewsletterSettings] = Field(default_factory=_default_newsletters)
 
     # Secrets: environment only (NEWSLETTER_SECRET_KEY, ...).
@@ -371,6 +388,7 @@ class Settings(BaseSettings):
     sendgrid_api_key: SecretStr | None = None
     smtp_password: SecretStr | None = None
     dkim_private_key: SecretStr | None = None
+    sendgrid_webhook_key: SecretStr | None = None  # the Signed Event Webhook's public key
 
     # Where the config file lives; relative paths in settings resolve against it.
     base_dir: Path = Path(".")

@@ -21,6 +21,7 @@ from newsletter.delivery import ledger
 from newsletter.delivery.types import Claimed, Outcome, OutcomeStatus
 from newsletter.models import (
     DELIVERY_TRANSITIONS,
+    EVENT_RANK,
     Delivery,
     DeliveryStatus,
     delivery_sources,
@@ -29,16 +30,7 @@ from newsletter.models import (
 from tests import factories
 
 #: Moves made after a provider accepted a message, from its events (not the sender's).
-EVENTS = {
-    (old, new)
-    for old in (
-        DeliveryStatus.SENT,
-        DeliveryStatus.DEFERRED,
-        DeliveryStatus.DELIVERED,
-        DeliveryStatus.BOUNCED,
-    )
-    for new in DELIVERY_TRANSITIONS[old]
-}
+EVENTS = {(old, new) for old in EVENT_RANK for new in DELIVERY_TRANSITIONS[old]}
 
 
 def test_may_become_refuses_what_the_table_forbids() -> None:

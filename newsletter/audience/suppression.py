@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from newsletter.audience.addresses import normalise_email
 from newsletter.delivery import ledger
-from newsletter.errors import StateError
-from newsletter.models import Suppression, SuppressionReason, utcnow
+from newsletter.errors import InputError, StateError
+from newsletter.models import Suppression, SuppressionReason, Unsuppression, utcnow
 
 
 def email_hash(email: str) -> str:
@@ -95,12 +95,25 @@ def suppress(
     return found
 
 
-def unsuppress(session: Session, *, email: str) -> SuppressionReason | None:
-    """Remove an address from the suppression list; returns the reason it had, or None."""
+def unsuppress(session: Session, *, email: str, reason: str) -> SuppressionReason | None:
+    """Remove an address from the suppression list, saying why (kept for its
+    timeline); returns the reason it had, or None. InputError without a reason."""
     address = normalise_email(email)
+    why = " ".join(reason.split())
+    if not why:
+        raise InputError("say why the address may be mailed again", code="suppression.no_reason")
     found = find_entry(session, address=address)
     if found is None:
         return None
+    session.add(
+        Unsuppression(
+            email_hash=found.email_hash,
+            was_reason=found.reason.value,
+            was_detail=found.detail,
+            suppressed_at=found.created_at,
+            reason=why,
+        )
+    )
     session.delete(found)
     session.flush()
     return found.reason

@@ -40,7 +40,16 @@ def init(app: App) -> None:
 
 
 def _register() -> None:
-    from newsletter.cli import deliveries, editions, scheduler, send, serve, stories, subscribers
+    from newsletter.cli import (
+        deliveries,
+        editions,
+        events,
+        scheduler,
+        send,
+        serve,
+        stories,
+        subscribers,
+    )
 
     cli.add_command(subscribers.group)
     cli.add_command(stories.group)
@@ -51,6 +60,7 @@ def _register() -> None:
     cli.add_command(scheduler.scheduler_command)
     cli.add_command(scheduler.group)
     cli.add_command(serve.serve)
+    cli.add_command(events.group)
 
 
 _register()

@@ -120,6 +120,14 @@ def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
     )
 
 
+def after_send(app: App, edition_id: int) -> None:
+    """What follows every send: its rejected addresses become hard bounces (suppressed)."""
+    from newsletter.events.ingest import rejections
+
+    with app.transaction() as session:
+        rejections(session, settings=app.settings, edition_id=edition_id)
+
+
 def after_option(f: F) -> F:
     """The --after option of a paged listing (the cursor the last page printed)."""
     return click.option(

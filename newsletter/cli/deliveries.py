@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import click
 
@@ -100,13 +101,14 @@ def stats(app: App, edition_id: int | None, fmt: str) -> None:
         if edition_id is not None:
             get_edition(session, edition_id)  # an unknown edition is an error, not zeros
         counts = log.stats(session, edition_id=edition_id)
+        reached = log.funnel(session, edition_id=edition_id)
     if fmt == "json":
-        click.echo(
-            json.dumps({s.value: n for s, n in counts.items()} | {"total": sum(counts.values())})
-        )
+        plain = {s.value: n for s, n in counts.items()} | {"total": sum(counts.values())}
+        click.echo(json.dumps(plain | {"funnel": reached}))
         return
     rows = [{"status": s, "count": n} for s, n in counts.items()]
     rows.append({"status": "total", "count": sum(counts.values())})
+    rows += [{"status": f"reached: {name}", "count": n} for name, n in reached.items()]
     emit_rows(
         rows,
         ["status", "count"],
@@ -131,3 +133,40 @@ def requeue(app: App, edition_id: int, status: str) -> None:
             now=utcnow(),
         )
     click.echo(f"{n} {status} deliveries of edition {edition_id} queued again")
+
+
+@group.command("why")
+@click.argument("email")
+@click.option("--edition", "edition_id", type=EDITION_ID, help="About this edition.")
+@click.option("--newsletter", "slug", help="About this newsletter's latest edition.")
+@pass_app
+def why(app: App, email: str, edition_id: int | None, slug: str | None) -> None:
+    """Why EMAIL did or did not get an edition: one line, then the timeline."""
+    from newsletter.events.why import why as explain
+
+    with app.transaction() as session:
+        answer = explain(
+            session, settings=app.settings, email=email, edition_id=edition_id, newsletter=slug
+        )
+    click.echo(answer.line)
+    for entry in answer.timeline:
+        click.echo(f"  {_when(entry.when)}  {entry.what}")
+
+
+@group.command("timeline")
+@click.argument("email")
+@pass_app
+def timeline(app: App, email: str) -> None:
+    """Everything that happened to EMAIL: subscriptions, sends, events, suppressions."""
+    from newsletter.events.why import timeline as history
+
+    with app.transaction() as session:
+        entries = history(session, email=email)
+    if not entries:
+        click.echo("nothing is known about this address")
+    for entry in entries:
+        click.echo(f"{_when(entry.when)}  {entry.what}")
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "                "

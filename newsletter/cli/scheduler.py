@@ -10,7 +10,15 @@ from types import FrameType
 
 import click
 
-from newsletter.cli.common import LIMIT, App, emit_rows, format_option, parse_date, pass_app
+from newsletter.cli.common import (
+    LIMIT,
+    App,
+    after_send,
+    emit_rows,
+    format_option,
+    parse_date,
+    pass_app,
+)
 from newsletter.errors import InputError
 from newsletter.models import JobOutcome, utcnow
 from newsletter.schedule import control, oneoff, records, scheduler
@@ -18,7 +26,11 @@ from newsletter.schedule.records import JobId
 
 
 def _runtime(app: App) -> records.Runtime:
-    return records.Runtime(settings=app.settings, sessions=app.sessions)
+    return records.Runtime(
+        settings=app.settings,
+        sessions=app.sessions,
+        after_send=lambda edition_id: after_send(app, edition_id),
+    )
 
 
 @click.command("scheduler")

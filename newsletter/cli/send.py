@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from newsletter.audience.subscribers import normalise_email
-from newsletter.cli.common import EDITION_ID, App, emit_rows, parse_date, pass_app
+from newsletter.cli.common import EDITION_ID, App, after_send, emit_rows, parse_date, pass_app
 from newsletter.content import editions
 from newsletter.delivery import preview, runner, sender
 from newsletter.delivery.providers import open_providers
@@ -245,6 +245,7 @@ def send(
                 secondary=secondary,
                 progress=progress,
             )
+    after_send(app, edition_id)
     status = print_summary(report)
     if settings.delivery.provider == "outbox":
         click.echo(f"messages are in {settings.outbox_path}")
@@ -322,6 +323,7 @@ def run(app: App, slug: str) -> None:
             f"(hold it with `newsletter edition hold {eid}`; the scheduler sends it)"
         )
         return
+    after_send(app, eid)
     status = print_summary(report.send)
     if app.settings.delivery.provider == "outbox":
         click.echo(f"messages are in {app.settings.outbox_path}")

@@ -296,12 +296,13 @@ def suppress(app: App, email: str, reason: str, detail: str) -> None:
 
 @group.command("unsuppress")
 @click.argument("email")
+@click.option("--reason", required=True, help="Why it may be mailed again (kept on record).")
 @pass_app
-def unsuppress(app: App, email: str) -> None:
+def unsuppress(app: App, email: str, reason: str) -> None:
     """Take EMAIL off the suppression list (subscriptions stay as they are)."""
     with app.transaction() as session:
-        reason = suppression.unsuppress(session, email=email)
-    click.echo(f"removed suppression ({reason.value})" if reason else "not suppressed")
+        was = suppression.unsuppress(session, email=email, reason=reason)
+    click.echo(f"removed suppression ({was.value})" if was else "not suppressed")
 
 
 @group.command("suppressions")

@@ -52,6 +52,21 @@ def stats(session: Session, *, edition_id: int | None = None) -> dict[DeliverySt
     return counts
 
 
+def funnel(session: Session, *, edition_id: int | None = None) -> dict[str, int]:
+    """What the provider's events say: accepted, then delivered, opened, clicked,
+    bounced and complained (each counts the readers who got at least that far)."""
+    counts = stats(session, edition_id=edition_id)
+    s = DeliveryStatus
+    return {
+        "accepted": sum(counts[x] for x in ACCEPTED),
+        "delivered": sum(counts[x] for x in (s.DELIVERED, s.OPENED, s.CLICKED, s.COMPLAINED)),
+        "opened": counts[s.OPENED] + counts[s.CLICKED],
+        "clicked": counts[s.CLICKED],
+        "bounced": counts[s.BOUNCED] + counts[s.DROPPED],
+        "complained": counts[s.COMPLAINED],
+    }
+
+
 def list_deliveries(
     session: Session,
     *,

@@ -53,6 +53,7 @@ def prepare(
         reply_to=sender.reply_to,
         list_id=f'"{newsletter.name}" <{edition.newsletter}.{list_domain}>',
         domain=sender.domain,
+        tracking=newsletter.tracking,
     )
 
 

@@ -37,6 +37,8 @@ class PreparedEdition:
     domain: str
     # A message to one person outside any list (a confirmation): no List-* headers.
     single: bool = False
+    # Open and click tracking at providers that offer it (the newsletter's `tracking`).
+    tracking: bool = True
 
     @property
     def subject(self) -> str:

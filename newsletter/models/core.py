@@ -115,10 +115,14 @@ class DeliveryStatus(enum.StrEnum):
     RETRY = "retry"  # a passing fault: claimed again after ``not_before``
     UNCERTAIN = "uncertain"  # may have been accepted; we cannot know
     CANCELLED = "cancelled"
-    # What the provider reports after accepting it (the events wing moves these).
+    # What the provider reports after accepting it (the events wing moves these,
+    # by precedence: see EVENT_RANK).
     DEFERRED = "deferred"
     DELIVERED = "delivered"
+    OPENED = "opened"
+    CLICKED = "clicked"
     BOUNCED = "bounced"
+    DROPPED = "dropped"
     COMPLAINED = "complained"
 
 
@@ -145,6 +149,20 @@ SUBSCRIPTION_TRANSITIONS: dict[SubscriptionStatus, set[SubscriptionStatus]] = {
     SubscriptionStatus.UNSUBSCRIBED: {SubscriptionStatus.PENDING, SubscriptionStatus.CONFIRMED},
 }
 
+#: After the hand-off, a delivery moves only up this ladder, whatever order the
+#: provider's events arrive in: a bounce, a drop or a complaint wins over delivered,
+#: a click over an open; nothing ever moves it back.
+EVENT_RANK: dict[DeliveryStatus, int] = {
+    DeliveryStatus.SENT: 1,
+    DeliveryStatus.DEFERRED: 2,
+    DeliveryStatus.DELIVERED: 3,
+    DeliveryStatus.OPENED: 4,
+    DeliveryStatus.CLICKED: 5,
+    DeliveryStatus.BOUNCED: 6,
+    DeliveryStatus.DROPPED: 6,
+    DeliveryStatus.COMPLAINED: 7,
+}
+
 # Delivery rows move in bulk (UPDATE ... WHERE status IN ...); the ledger in
 # newsletter/delivery/ledger.py takes every WHERE clause from this table.
 DELIVERY_TRANSITIONS: dict[DeliveryStatus, set[DeliveryStatus]] = {
@@ -163,32 +181,16 @@ DELIVERY_TRANSITIONS: dict[DeliveryStatus, set[DeliveryStatus]] = {
         DeliveryStatus.QUEUED,  # handed back untouched: the provider took none of it
     },
     DeliveryStatus.UNCERTAIN: {DeliveryStatus.QUEUED, DeliveryStatus.CANCELLED},
-    DeliveryStatus.SENT: {
-        DeliveryStatus.DEFERRED,
-        DeliveryStatus.DELIVERED,
-        DeliveryStatus.BOUNCED,
-        DeliveryStatus.COMPLAINED,
+    **{
+        old: {new for new, rank in EVENT_RANK.items() if rank > EVENT_RANK[old]}
+        for old in EVENT_RANK
     },
-    DeliveryStatus.DEFERRED: {
-        DeliveryStatus.DELIVERED,
-        DeliveryStatus.BOUNCED,
-        DeliveryStatus.COMPLAINED,
-    },
-    DeliveryStatus.DELIVERED: {DeliveryStatus.BOUNCED, DeliveryStatus.COMPLAINED},
-    DeliveryStatus.BOUNCED: {DeliveryStatus.COMPLAINED},
-    DeliveryStatus.COMPLAINED: set(),
     DeliveryStatus.FAILED: {DeliveryStatus.QUEUED},  # an operator's requeue
     DeliveryStatus.CANCELLED: set(),
 }
 
 #: Statuses at or after the provider's acceptance.
-ACCEPTED = (
-    DeliveryStatus.SENT,
-    DeliveryStatus.DEFERRED,
-    DeliveryStatus.DELIVERED,
-    DeliveryStatus.BOUNCED,
-    DeliveryStatus.COMPLAINED,
-)
+ACCEPTED = tuple(EVENT_RANK)
 
 
 __all__ = [
@@ -208,5 +210,6 @@ __all__ = [
     "EDITION_TRANSITIONS",
     "SUBSCRIPTION_TRANSITIONS",
     "DELIVERY_TRANSITIONS",
+    "EVENT_RANK",
     "ACCEPTED",
 ]

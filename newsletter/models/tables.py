@@ -266,15 +266,48 @@ class Delivery(Base):
 
 
 class SendEvent(Base):
-    """Operator-visible history of a delivery: provider responses, retries, bounces."""
+    """What happened to a delivery after the hand-off: provider events (processed,
+    delivered, bounce, open, click, spam report...), bounce mail, mailto unsubscribes.
+
+    Each is stored once (``provider_event_id``, e.g. SendGrid's ``sg_event_id``); an
+    event whose delivery is unknown is kept (``delivery_id`` None) and counted.
+    """
 
     __tablename__ = "delivery_events"
-    __table_args__ = (Index("ix_delivery_events_delivery", "delivery_id"),)
+    __table_args__ = (
+        Index("ix_delivery_events_delivery", "delivery_id"),
+        Index("ix_delivery_events_email_kind", "email", "kind"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=True
+    )
     kind: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(  # sendgrid, mail, smtp
+        String(16), default="provider", server_default="provider"
+    )
+    provider_event_id: Mapped[str | None] = mapped_column(String(100), nullable=True, unique=True)
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    url: Mapped[str | None] = mapped_column(String(2000), nullable=True)  # a click's link
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Unsuppression(Base):
+    """Staff lifted a suppression: when, why, and what it had been (for the timeline)."""
+
+    __tablename__ = "unsuppressions"
+    __table_args__ = (Index("ix_unsuppressions_email_hash", "email_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64))
+    was_reason: Mapped[str] = mapped_column(String(16))
+    was_detail: Mapped[str] = mapped_column(Text, default="")
+    suppressed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -356,6 +389,7 @@ def delivery_sources(new: DeliveryStatus) -> list[DeliveryStatus]:
 
 
 __all__ = [
+    "Unsuppression",
     "RateLimit",
     "Signup",
     "Subscriber",

@@ -276,6 +276,8 @@ def _advance(rt: Runtime, run: Run, *, send_id: int) -> None:
                 wait=False,
             )
         run.add(sent=report.sent, failed=report.failed, retried=report.retried)
+        if rt.after_send is not None:
+            rt.after_send(edition_id)
         complete = report.complete
     else:
         complete = False
@@ -345,4 +347,6 @@ def _resume_after_outage(rt: Runtime, run: Run, *, edition_id: int) -> None:
             wait=False,
         )
     run.add(sent=report.sent, failed=report.failed, retried=report.retried)
+    if rt.after_send is not None:
+        rt.after_send(edition_id)
     run.end(JobOutcome.OK, f"edition {edition_id} resumed after the outage")

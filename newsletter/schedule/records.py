@@ -369,6 +369,9 @@ class Runtime:
     holder: str = field(default_factory=new_holder_id)
     clock: Callable[[], datetime] = utcnow
     providers: Providers = open_providers
+    # Called after each send with the edition's id: the faces hand in what the wings
+    # above the scheduler do with a send's outcome (rejected addresses → suppressed).
+    after_send: Callable[[int], None] | None = None
 
 
 @dataclass

@@ -23,7 +23,7 @@ from newsletter import db
 from newsletter.config import Settings
 from newsletter.delivery.providers import Provider, open_providers
 from newsletter.errors import NewsletterError
-from newsletter.web import public
+from newsletter.web import public, webhooks
 from newsletter.web.pages import error_page, message
 from newsletter.web.ratelimit import Limits
 from newsletter.web.security import CSRF, BodyLimit, SecurityHeaders
@@ -65,12 +65,17 @@ def create_app(settings: Settings, *, providers: Providers = open_providers) -> 
     )
     app.state.web = web
     app.include_router(public.router)
+    app.include_router(webhooks.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(NewsletterError, _service_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _bad_request)
     app.add_exception_handler(Exception, _crash)
-    app.add_middleware(BodyLimit, limit=settings.web.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.web.max_body_bytes,
+        larger={"/webhooks/": webhooks.MAX_WEBHOOK_BYTES},
+    )
     app.add_middleware(SecurityHeaders)
     return app
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from newsletter.delivery.ledger.audience import audience_count, audience_query, freeze_audience
 from newsletter.delivery.ledger.closing import (
+    advance,
     cancel_for_recipient,
     cancel_open,
     cancel_rows,
@@ -42,6 +43,7 @@ from newsletter.delivery.ledger.sending import (
 from newsletter.delivery.ledger.states import DELIVERIES, may_become
 
 __all__ = [
+    "advance",
     "DELIVERIES",
     "MAX_BACKOFF_SECONDS",
     "Recorded",

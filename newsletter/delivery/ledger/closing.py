@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.delivery.ledger.states import DELIVERIES, changed, may_become
-from newsletter.models import DeliveryFailure, DeliveryStatus, Edition
+from newsletter.models import EVENT_RANK, DeliveryFailure, DeliveryStatus, Edition
 
 
 def expire_waiting(session: Session, *, edition_id: int, now: datetime) -> int:
@@ -101,3 +102,24 @@ def cancel_rows(
         .where(DELIVERIES.c.edition_id == edition_id, may_become(DeliveryStatus.CANCELLED), where)
         .values(status=DeliveryStatus.CANCELLED.value, error=error, updated_at=now),
     )
+
+
+def advance(session: Session, *, moves: Sequence[tuple[int, DeliveryStatus]], now: datetime) -> int:
+    """Move accepted deliveries up the event ladder (``EVENT_RANK``), never back.
+
+    ``moves`` are (delivery id, status) from provider events in any order; each row
+    ends at the highest status it was given. One statement for the batch.
+    """
+    if not moves:
+        return 0
+    rank = case(
+        {status.value: r for status, r in EVENT_RANK.items()}, value=DELIVERIES.c.status, else_=99
+    )
+    stmt = (
+        update(DELIVERIES)
+        # Statuses off the ladder rank 99: never below a move, so never moved.
+        .where(DELIVERIES.c.id == bindparam("b_id"), rank < bindparam("b_rank"))
+        .values(status=bindparam("b_status"), updated_at=now)
+    )
+    rows = [{"b_id": i, "b_rank": EVENT_RANK[s], "b_status": s.value} for i, s in moves]
+    return int(session.connection().execute(stmt, rows).rowcount or 0)

@@ -215,6 +215,12 @@ def _envelope(edition: PreparedEdition) -> dict[str, Any]:
     }
     if edition.single:
         del body["headers"]
+    if not edition.tracking or edition.single:
+        # The newsletter's privacy switch: no tracking pixel, links left as they are.
+        body["tracking_settings"] = {
+            "click_tracking": {"enable": False, "enable_text": False},
+            "open_tracking": {"enable": False},
+        }
     if edition.reply_to:
         body["reply_to"] = {"email": edition.reply_to}
     return body
