@@ -194,7 +194,7 @@ def main() -> None:
     print(f"| {'what':<44} | {'per recipient':>14} |")
     print(f"|{'-' * 46}|{'-' * 16}|")
     print(f"| {'Personaliser.html + .text':<44} | {fast_us:>11.2f} µs |")
-    print(f"| {'naive str.replace of substitution_values':<44} | {slow_us:>11.2f} µs |")
+    print(f"| {'naive str.replace of substitutions()':<44} | {slow_us:>11.2f} µs |")
     rerender_us = statistics.fmean(full) * 1e6
     print(f"| {'re-render per recipient (compose, warm)':<44} | {rerender_us:>11.0f} µs |")
 

@@ -78,9 +78,15 @@ def edition() -> PreparedEdition:
         templates_dir=ROOT / "templates",
     )
     return PreparedEdition(
-        1, "daily-briefing", content, "The Daily Ledger", "briefing@news.example.com", None,
-        '"The Daily Ledger" <daily-briefing.news.example.com>', "news.example.com",
-    )  # fmt: skip
+        edition_id=1,
+        newsletter="daily-briefing",
+        content=content,
+        from_name="The Daily Ledger",
+        from_address="briefing@news.example.com",
+        reply_to=None,
+        list_id='"The Daily Ledger" <daily-briefing.news.example.com>',
+        domain="news.example.com",
+    )
 
 
 def recipients(n: int) -> list[Recipient]:

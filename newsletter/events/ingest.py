@@ -19,21 +19,24 @@ to :func:`ingest`, in one transaction:
 from __future__ import annotations
 
 import enum
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter.audience import subscribers, suppression
 from newsletter.audience.addresses import normalise_email
 from newsletter.config import Settings
+from newsletter.db import driver_time, executemany
 from newsletter.delivery import ledger
 from newsletter.errors import InputError, NotFoundError
 from newsletter.models import (
+    EVENT_RANK,
     Delivery,
     DeliveryStatus,
     Edition,
@@ -74,6 +77,11 @@ MOVES = {
 #: SendGrid's reasons for a drop that say the address must not be mailed.
 BAD_ADDRESS_DROPS = ("bounced address", "invalid", "spam reporting address", "unsubscribed address")
 ENGAGEMENT = (Kind.OPEN, Kind.CLICK)
+INSERT_EVENT = (
+    "INSERT INTO delivery_events (delivery_id, kind, source, provider_event_id, email,"
+    " occurred_at, url, reason, detail, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (provider_event_id) DO NOTHING"
+)
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,9 @@ def ingest(
                 select(SendEvent.provider_event_id).where(SendEvent.provider_event_id.in_(chunk))
             )
         )
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
+    as_stored = driver_time(session)
+    stamp = as_stored(now)
     fresh: list[tuple[Event, int | None, str | None, str | None]] = []
     batch_ids: set[str] = set()
     for e in events:
@@ -180,25 +190,31 @@ def ingest(
         if delivery_id is None:
             report.unknown += 1
         rows.append(
-            {
-                "delivery_id": delivery_id,
-                "kind": e.kind.value,
-                "source": e.source,
-                "provider_event_id": e.event_id,
-                "email": email,
-                "occurred_at": e.occurred_at,
-                "url": e.url,
-                "reason": e.reason,
-                "detail": e.detail,
-                "created_at": now,
-            }
+            (
+                delivery_id,
+                e.kind.value,
+                e.source,
+                e.event_id,
+                email,
+                as_stored(e.occurred_at),
+                e.url,
+                e.reason,
+                json.dumps(e.detail),
+                stamp,
+            )
         )
         fresh.append((e, delivery_id, email, newsletter))
-    if rows:
-        session.execute(insert(SendEvent), rows)
+    # One executemany through the driver: a webhook batch is thousands of rows, and
+    # a repeat that races another POST is skipped by the unique event id.
+    executemany(session, INSERT_EVENT, rows)
     report.stored = len(rows)
-    moves = [(d, MOVES[e.kind]) for e, d, _, _ in fresh if d is not None and e.kind in MOVES]
-    report.moved = ledger.advance(session, moves=moves, now=now)
+    highest: dict[int, DeliveryStatus] = {}
+    for e, d, _, _ in fresh:  # only each delivery's highest move matters
+        if d is not None and e.kind in MOVES:
+            new = MOVES[e.kind]
+            if d not in highest or EVENT_RANK[new] > EVENT_RANK[highest[d]]:
+                highest[d] = new
+    report.moved = ledger.advance(session, moves=list(highest.items()), now=now)
     _act(session, settings, fresh, report, now)
     return report
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
+from newsletter.db import driver_time, executemany
 from newsletter.delivery.ledger.states import DELIVERIES, changed, may_become
 from newsletter.models import EVENT_RANK, DeliveryFailure, DeliveryStatus, Edition
 
@@ -108,18 +109,19 @@ def advance(session: Session, *, moves: Sequence[tuple[int, DeliveryStatus]], no
     """Move accepted deliveries up the event ladder (``EVENT_RANK``), never back.
 
     ``moves`` are (delivery id, status) from provider events in any order; each row
-    ends at the highest status it was given. One statement for the batch.
+    ends at the highest status it was given. One executemany through the driver
+    (a webhook batch moves thousands of rows).
     """
     if not moves:
         return 0
-    rank = case(
-        {status.value: r for status, r in EVENT_RANK.items()}, value=DELIVERIES.c.status, else_=99
-    )
-    stmt = (
-        update(DELIVERIES)
-        # Statuses off the ladder rank 99: never below a move, so never moved.
-        .where(DELIVERIES.c.id == bindparam("b_id"), rank < bindparam("b_rank"))
-        .values(status=bindparam("b_status"), updated_at=now)
-    )
-    rows = [{"b_id": i, "b_rank": EVENT_RANK[s], "b_status": s.value} for i, s in moves]
-    return int(session.connection().execute(stmt, rows).rowcount or 0)
+    stamp = driver_time(session)(now)
+    rows = [(s.value, stamp, delivery_id, EVENT_RANK[s]) for delivery_id, s in moves]
+    return max(executemany(session, _ADVANCE, rows), 0)
+
+
+# Statuses off the ladder rank 99: never below a move, so never moved.
+_RANK = " ".join(f"WHEN '{s.value}' THEN {r}" for s, r in EVENT_RANK.items())
+_ADVANCE = (
+    "UPDATE deliveries SET status = ?, updated_at = ?"
+    f" WHERE id = ? AND (CASE status {_RANK} ELSE 99 END) < ?"
+)
