@@ -32,14 +32,13 @@ from sqlalchemy.orm import Session
 from newsletter.audience import subscribers, suppression
 from newsletter.audience.addresses import normalise_email
 from newsletter.config import Settings
-from newsletter.db import driver_time, executemany
+from newsletter.db import driver_time, executemany, select_in
 from newsletter.delivery import ledger
 from newsletter.errors import InputError, NotFoundError
 from newsletter.models import (
     EVENT_RANK,
     Delivery,
     DeliveryStatus,
-    Edition,
     SendEvent,
     SuppressionReason,
     utcnow,
@@ -118,6 +117,12 @@ class IngestReport:
         return dict(self.__dict__)
 
 
+_DELIVERIES = (
+    "SELECT d.id, d.email, e.newsletter, d.provider_message_id FROM deliveries d"
+    " JOIN editions e ON e.id = d.edition_id WHERE d.{} IN ({{}})"
+)
+
+
 def _resolve(
     session: Session, events: Sequence[Event]
 ) -> tuple[dict[int, tuple[str, str]], dict[tuple[str, str], int]]:
@@ -128,22 +133,15 @@ def _resolve(
         e.message_id.split(".", 1)[0] for e in events if e.delivery_id is None and e.message_id
     }
     found: dict[int, tuple[str, str]] = {}
-    query = select(Delivery.id, Delivery.email, Edition.newsletter, Delivery.provider_message_id)
-    query = query.join(Edition, Edition.id == Delivery.edition_id)
-    for chunk in _chunks(sorted(ids)):
-        for row_id, email, newsletter, _ in session.execute(query.where(Delivery.id.in_(chunk))):
-            found[row_id] = (email, newsletter)
+    for row_id, email, newsletter, _ in select_in(session, _DELIVERIES.format("id"), sorted(ids)):
+        found[row_id] = (email, newsletter)
     by_message: dict[tuple[str, str], int] = {}
-    for chunk in _chunks(sorted(message_ids)):
-        where = Delivery.provider_message_id.in_(chunk)
-        for row_id, email, newsletter, mid in session.execute(query.where(where)):
-            found[row_id] = (email, newsletter)
-            by_message[(str(mid), email.lower())] = row_id
+    for row_id, email, newsletter, mid in select_in(
+        session, _DELIVERIES.format("provider_message_id"), sorted(message_ids)
+    ):
+        found[row_id] = (email, newsletter)
+        by_message[(str(mid), email.lower())] = row_id
     return found, by_message
-
-
-def _chunks(items: list[Any], size: int = 500) -> list[list[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def ingest(
@@ -154,13 +152,14 @@ def ingest(
     report = IngestReport(received=len(events))
     known, by_message = _resolve(session, events)
     seen_ids = {e.event_id for e in events if e.event_id}
-    existing: set[str] = set()
-    for chunk in _chunks(sorted(seen_ids)):
-        existing |= set(
-            session.scalars(
-                select(SendEvent.provider_event_id).where(SendEvent.provider_event_id.in_(chunk))
-            )
+    existing = {
+        row[0]
+        for row in select_in(
+            session,
+            "SELECT provider_event_id FROM delivery_events WHERE provider_event_id IN ({})",
+            sorted(seen_ids),
         )
+    }
     rows: list[tuple[Any, ...]] = []
     as_stored = driver_time(session)
     stamp = as_stored(now)
@@ -199,7 +198,7 @@ def ingest(
                 as_stored(e.occurred_at),
                 e.url,
                 e.reason,
-                json.dumps(e.detail),
+                json.dumps(e.detail) if e.detail else "{}",
                 stamp,
             )
         )
@@ -246,8 +245,6 @@ def _act(
     for e, _delivery, email, newsletter in fresh:
         if not email:
             continue
-        note = f"{e.source} {e.kind.value}" + (f" (event {e.event_id})" if e.event_id else "")
-        why = f"{note}: {e.reason}" if e.reason else note
         reason: SuppressionReason | None = None
         if e.kind is Kind.BOUNCE:
             reason = SuppressionReason.BOUNCED
@@ -271,6 +268,8 @@ def _act(
             report.unsubscribed += len(changed)
         if reason is not None and (email, reason.value) not in done:
             done.add((email, reason.value))
+            note = f"{e.source} {e.kind.value}" + (f" (event {e.event_id})" if e.event_id else "")
+            why = f"{note}: {e.reason}" if e.reason else note
             if suppression.find_entry(session, address=email) is None:
                 report.suppressed += 1
             if reason is SuppressionReason.UNSUBSCRIBED:

@@ -78,10 +78,11 @@ def _kind(raw: dict[str, Any]) -> Kind | None:
     name = str(raw.get("event", ""))
     if name == "bounce" and str(raw.get("type", "bounce")) == "blocked":
         return Kind.BLOCKED
-    try:
-        return Kind(name)
-    except ValueError:
-        return None
+    return _KINDS.get(name)
+
+
+#: Kind by name, looked up once per event (an enum call costs more than the rest).
+_KINDS = {kind.value: kind for kind in Kind}
 
 
 def _int(value: Any) -> int | None:
