@@ -442,7 +442,10 @@ def test_suppress_is_idempotent_and_keeps_the_first_reason(session: Session) -> 
     again = sup.suppress(session, email="X@example.com", reason=SuppressionReason.COMPLAINED)
     assert again.id == first.id and again.reason is SuppressionReason.BOUNCED
     assert [s.email for s in sup.list_suppressions(session)] == ["x@example.com"]
-    assert sup.unsuppress(session, email="x@example.com", reason="asked us by phone") is SuppressionReason.BOUNCED
+    assert (
+        sup.unsuppress(session, email="x@example.com", reason="asked us by phone")
+        is SuppressionReason.BOUNCED
+    )
     assert sup.unsuppress(session, email="x@example.com", reason="again") is None
     assert sup.is_suppressed(session, email="x@example.com") is None
 

@@ -27,7 +27,9 @@
     .then(function (r) { return r.json(); })
     .then(async function (c) {
       var encoder = new TextEncoder();
-      for (var n = 0; n <= c.maxnumber; n++) {
+      // The challenge names its upper bound "maxNumber" (ALTCHA's JSON).
+      var max = c.maxNumber || c.maxnumber || 1000000;
+      for (var n = 0; n <= max; n++) {
         var digest = await crypto.subtle.digest("SHA-256", encoder.encode(c.salt + n));
         if (hex(digest) === c.challenge) {
           document.getElementById("altcha-payload").value = btoa(JSON.stringify({
