@@ -208,6 +208,9 @@ class WebSettings(_Section):
     # when the proxy sets it (else anyone could pick the address their requests count
     # against).
     trust_forwarded_for: bool = False
+    # Requests served at once (worker threads, and database connections to match):
+    # more only queue on the interpreter lock and cost a cold connection each.
+    threads: int = Field(default=8, ge=1, le=200)
 
 
 class EventsSettings(_Section):

@@ -6,6 +6,8 @@ connection; PostgreSQL is used as configured (``postgresql+psycopg://``).
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +94,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         raise ConfigError(f"database driver missing for database.url: {exc.name}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        _WRITERS[engine] = threading.RLock()
     return engine
 
 
@@ -100,11 +103,29 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+#: One writer at a time per SQLite engine, queued in the process (see transaction).
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+#: How long a writer waits for the queue before leaving it to SQLite's busy timeout.
+WRITER_WAIT_SECONDS = 30.0
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session in one transaction: commit on success, roll back on any error."""
-    with factory() as session, session.begin():
-        yield session
+    """A session in one transaction: commit on success, roll back on any error.
+
+    SQLite takes one writer at a time; threads that all write at once (the web's
+    thread pool, sender threads) would otherwise wait in SQLite's busy handler,
+    which sleeps up to 100 ms between tries, so writers queue here first.
+    """
+    bind = factory.kw.get("bind")
+    lock = _WRITERS.get(bind) if isinstance(bind, Engine) else None
+    held = lock.acquire(timeout=WRITER_WAIT_SECONDS) if lock is not None else False
+    try:
+        with factory() as session, session.begin():
+            yield session
+    finally:
+        if held and lock is not None:
+            lock.release()
 
 
 def executemany(session: Session, sql: str, rows: Sequence[Sequence[Any]]) -> int:

@@ -183,7 +183,7 @@ def test_a_reader_signs_up_confirms_leaves_in_one_click_and_comes_back(
     page.get_by_role("button", name="Confirm").click()
     expect(page.locator("h1")).to_have_text("Welcome!")
     expect(page.locator("main")).to_contain_text(
-        "You will receive The Daily Ledger, Good News Weekly."
+        "You will receive The Daily Ledger and Good News Weekly."
     )
     pages.check(page, "welcome")
     assert _subscriptions(site, READER) == {

@@ -41,7 +41,8 @@ XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 @pytest.fixture
 def client(settings: Settings, engine: object) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    # The test site's public URL is https (behind a TLS proxy), as the client is.
+    with TestClient(create_app(settings), base_url="https://testserver") as c:
         yield c
 
 
@@ -201,6 +202,11 @@ def test_the_honeypot_mails_nobody(client: TestClient, settings: Settings) -> No
     assert _confirmations(settings) == []
 
 
+def test_the_csrf_cookie_is_secure_when_the_site_is_https(client: TestClient) -> None:
+    cookie = client.get("/").headers["set-cookie"]
+    assert cookie.startswith("nl_csrf=") and "Secure" in cookie and "HttpOnly" in cookie
+
+
 def test_forms_without_their_csrf_token_are_refused(client: TestClient, settings: Settings) -> None:
     answer = client.post(
         "/subscribe", data={"email": "a@example.org", "newsletters": ["good-news"]}
@@ -214,10 +220,10 @@ def test_forms_without_their_csrf_token_are_refused(client: TestClient, settings
 
 def test_bad_input_is_a_plain_page_and_echoes_escaped(client: TestClient) -> None:
     answer = _signup(client, XSS)
-    assert answer.status_code == 400 and "invalid email address" in answer.text
+    assert answer.status_code == 400 and "Invalid email address" in answer.text
     assert "<script>" not in answer.text and "&lt;script&gt;" in answer.text
     none = client.post("/subscribe", data={"csrf": _csrf(client), "email": "a@example.org"})
-    assert none.status_code == 400 and "choose at least one newsletter" in none.text
+    assert none.status_code == 400 and "Choose at least one newsletter" in none.text
 
 
 def _sent_edition(sessions: sessionmaker[Session], settings: Settings, readers: int = 2) -> int:
@@ -377,6 +383,22 @@ def test_the_archive_shows_only_sent_editions_with_no_reader_data(
     assert [e.link for e in parsed.entries] == [
         f"https://news.example.com/archive/daily-briefing/{day}"
     ]
+
+
+def test_an_edition_page_is_kept_a_minute_and_a_missing_one_is_not(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    day = editions.local_today(settings.newsletter("daily-briefing"))  # built now
+    assert client.get(f"/archive/daily-briefing/{day}").status_code == 404
+    eid = _sent_edition(sessions, settings)
+    first = client.get(f"/archive/daily-briefing/{day}")
+    assert first.status_code == 200, "a 404 must not be kept"
+    with sessions.begin() as s:
+        editions.get_edition(s, eid).subject = "Changed after it was read"
+    assert client.get(f"/archive/daily-briefing/{day}").text == first.text
+    assert "set-cookie" not in first.headers  # no form, no CSRF cookie
+    with time_machine.travel(utcnow() + timedelta(seconds=61)):
+        assert "Changed after it was read" in client.get(f"/archive/daily-briefing/{day}").text
 
 
 def test_every_email_links_its_web_version(

@@ -30,7 +30,7 @@ from typing import Any
 from zoneinfo import available_timezones
 
 from sqlalchemy import Select, and_, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from newsletter.audience.addresses import normalise_email as normalise_email
 from newsletter.audience.suppression import add_entry, find_entry, refuse_suppressed
@@ -299,6 +299,7 @@ def unsubscribe_by_token(
     """
     data = read_token(settings.signing_key, token, purpose="unsubscribe")
     stmt = select(Subscriber).where(Subscriber.key == data.subscriber_key)
+    stmt = stmt.options(selectinload(Subscriber.subscriptions))
     sub = session.scalars(stmt).one_or_none()
     if sub is None:
         return []

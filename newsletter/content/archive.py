@@ -13,7 +13,7 @@ from datetime import date
 
 import nh3
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, selectinload
 
 from newsletter import urls
 from newsletter.config import Settings
@@ -64,6 +64,7 @@ def web_version(
     newsletter = settings.newsletter(slug)
     query = (
         select(Edition)
+        .options(defer(Edition.text), defer(Edition.html), selectinload(Edition.items))
         .where(
             Edition.newsletter == slug,
             Edition.issue_date == issue_date,

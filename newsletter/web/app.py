@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
@@ -36,18 +37,20 @@ Providers = Callable[[Settings], AbstractContextManager[tuple[Provider, Provider
 
 def create_app(settings: Settings, *, providers: Providers = open_providers) -> FastAPI:
     """The ASGI app for ``settings``; the database must be initialised."""
-    engine = db.make_engine(settings.database_url)
+    threads = settings.web.threads
+    engine = db.make_engine(settings.database_url, pool_size=threads, max_overflow=threads)
     db.check_schema(engine)
     sessions = db.session_factory(engine)
     web = WebState(
         settings=settings,
         sessions=sessions,
-        csrf=CSRF(settings.signing_key),
+        csrf=CSRF(settings.signing_key, secure=settings.site.base_url.startswith("https://")),
         limits=Limits(sessions, signups_per_hour=settings.web.subscribe_per_ip_per_hour),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        to_thread.current_default_thread_limiter().total_tokens = threads
         with providers(settings) as (provider, _secondary):
             web.provider = provider
             try:

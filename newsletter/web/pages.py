@@ -7,12 +7,14 @@ code; nothing else reaches the visitor (no traceback, no token).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
@@ -29,6 +31,7 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        auto_reload=False,  # package files: no stat() of each template on every page
     )
 
 
@@ -38,18 +41,36 @@ class Link:
     text: str
 
 
-def page(request: Request, template: str, *, status: int = 200, **context: Any) -> Response:
-    """A page from ``template`` with the site's constants and the visitor's CSRF token."""
+class _Token:
+    """The visitor's CSRF token, made only if the page has a form that shows it
+    (a page without one sets no cookie and signs nothing)."""
+
+    def __init__(self, make: Callable[[], str]) -> None:
+        self._make = make
+
+    def __str__(self) -> str:
+        return self._make()
+
+    def __html__(self) -> str:
+        return str(markupsafe.escape(self._make()))
+
+
+def render(request: Request, template: str, **context: Any) -> str:
+    """The HTML of ``template`` with the site's constants and the visitor's CSRF token."""
     web = request.app.state.web
     ctx = {
         "site_name": web.settings.service.name,
         "postal_address": web.settings.sender.postal_address,
-        "csrf": web.csrf.field(request),
+        "csrf": _Token(lambda: web.csrf.field(request)),
         **context,
     }
-    html = environment().get_template(template).render(ctx)
-    response = HTMLResponse(html, status_code=status)
-    web.csrf.attach(request, response)
+    return environment().get_template(template).render(ctx)
+
+
+def page(request: Request, template: str, *, status: int = 200, **context: Any) -> Response:
+    """A page from ``template`` (see :func:`render`), with the CSRF cookie if it made one."""
+    response = HTMLResponse(render(request, template, **context), status_code=status)
+    request.app.state.web.csrf.attach(request, response)
     return response
 
 

@@ -14,7 +14,8 @@ from datetime import UTC, date, datetime
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
-from starlette.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import HTMLResponse, RedirectResponse
 
 from newsletter import urls
 from newsletter.audience import preferences as prefs
@@ -79,7 +80,7 @@ def _signup_form(
         newsletters=_newsletters(web),
         zones=web.zones,
         captcha=web.settings.web.captcha == "altcha",
-        error=error,
+        error=error[:1].upper() + error[1:],  # the services speak in lower case
         email=values.get("email", ""),
         name=values.get("name", ""),
         timezone=values.get("timezone", ""),
@@ -204,6 +205,11 @@ def confirm(request: Request, token: str, csrf: str = Form("")) -> Response:
     return _welcome(request, web, done.newsletters, again=done.confirmed)
 
 
+def _and(items: list[str]) -> str:
+    """ "A", "A and B", "A, B and C"."""
+    return " and ".join([", ".join(items[:-1]), items[-1]]) if len(items) > 1 else "".join(items)
+
+
 def _welcome(request: Request, web: WebState, slugs: tuple[str, ...], *, again: bool) -> Response:
     links: list[Link] = []
     with web.sessions() as session:
@@ -212,7 +218,7 @@ def _welcome(request: Request, web: WebState, slugs: tuple[str, ...], *, again: 
             if latest is not None:
                 href = urls.archive("", nl["slug"], latest.issue_date)
                 links.append(Link(href, f"Read the latest {nl['name']}"))
-    names = ", ".join(n["name"] for n in _names(web, slugs)) or "our newsletters"
+    names = _and([n["name"] for n in _names(web, slugs)]) or "our newsletters"
     return message(
         request,
         "You are already subscribed" if again else "Welcome!",
@@ -496,7 +502,19 @@ def _atom_time(day: date) -> str:
 
 
 @router.get("/archive/{slug}/{day}")
-def archive_edition(request: Request, slug: str, day: str) -> Response:
+async def archive_edition(request: Request, slug: str, day: str) -> Response:
+    """An edition's web version; served from ``web.pages`` while it is fresh there."""
+    web = _web(request)
+    cached = web.pages.get((slug, day))  # only this thread (the event loop's) uses it
+    if cached is not None:
+        return HTMLResponse(cached)
+    response = await run_in_threadpool(_archive_edition, request, slug, day)
+    if response.status_code == 200:
+        web.pages[slug, day] = bytes(response.body)
+    return response
+
+
+def _archive_edition(request: Request, slug: str, day: str) -> Response:
     web = _web(request)
     try:
         issue_date = date.fromisoformat(day)

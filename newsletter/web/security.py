@@ -124,8 +124,10 @@ async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
 class CSRF:
     """Issue and check the double-submit CSRF token of a request."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, *, secure: bool = False) -> None:
         self.signer = Signer(secret, salt="newsletter.csrf")
+        # Behind a TLS proxy the request itself is plain HTTP: the public URL says.
+        self.secure = secure
 
     def cookie(self, request: Request) -> str:
         """This visitor's CSRF cookie value (a new one if they have none yet)."""
@@ -158,7 +160,7 @@ class CSRF:
                 new,
                 httponly=True,
                 samesite="lax",
-                secure=request.url.scheme == "https",
+                secure=self.secure or request.url.scheme == "https",
                 path="/",
             )
 

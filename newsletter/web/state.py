@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
+from cachetools import TTLCache
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.audience.subscribers import timezone_names
@@ -21,3 +23,8 @@ class WebState:
     limits: Limits
     provider: Provider | None = None  # opened by the app's lifespan
     zones: tuple[str, ...] = field(default_factory=lambda: tuple(timezone_names()))
+    # Edition pages as served (they name no reader), for a minute: an archive link
+    # shared widely is read thousands of times, and the page barely ever changes.
+    pages: TTLCache[tuple[str, str], bytes] = field(
+        default_factory=lambda: TTLCache(maxsize=512, ttl=60, timer=time.time)
+    )
