@@ -359,7 +359,7 @@ def test_altcha_the_sign_up_needs_the_proof_of_work_solved_in_the_browser(
     pages.check(page, "signup")
     page.get_by_label("Email address").fill("with.script@example.org")
     button.click()  # no newsletter chosen: the form again, with a new challenge
-    expect(page.get_by_role("alert")).to_contain_text("choose at least one newsletter")
+    expect(page.get_by_role("alert")).to_contain_text("Choose at least one newsletter")
     expect(page.locator("#altcha-status")).to_have_text(
         "Check done: you can sign up.", timeout=30_000
     )
