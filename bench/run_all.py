@@ -24,6 +24,8 @@ FULL: list[list[str]] = [
     ["send_bench.py", "--processes", "1"],
     ["send_bench.py", "--processes", "2", "--naive", "0"],
     ["smtp_bench.py", "--dkim-n", "2000"],
+    ["events_bench.py"],
+    ["web_bench.py"],
 ]
 QUICK: list[list[str]] = [
     ["compose_bench.py", "--runs", "50", "--recipients", "2000"],
@@ -31,6 +33,8 @@ QUICK: list[list[str]] = [
     ["import_bench.py", "20000"],
     ["send_bench.py", "--subscribers", "100000", "--naive", "1000"],
     ["smtp_bench.py", "--n", "3000", "--naive-n", "500", "--dkim-n", "300"],
+    ["events_bench.py", "--events", "10000"],
+    ["web_bench.py", "--subscribers", "5000", "--seconds", "3"],
 ]
 
 
