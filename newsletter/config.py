@@ -211,6 +211,10 @@ class WebSettings(_Section):
     # Requests served at once (worker threads, and database connections to match):
     # more only queue on the interpreter lock and cost a cold connection each.
     threads: int = Field(default=8, ge=1, le=200)
+    # The staff console: how long a login lasts, and failed logins allowed per hour
+    # for one account and for one client address.
+    staff_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    login_failures_per_hour: int = Field(default=10, ge=1)
 
 
 class EventsSettings(_Section):

@@ -23,11 +23,12 @@ from itsdangerous.encoding import base64_encode, want_bytes
 
 from newsletter.errors import InputError
 
-Purpose = Literal["unsubscribe", "preferences", "confirm"]
+Purpose = Literal["unsubscribe", "preferences", "confirm", "staff-session"]
 _SALT: dict[str, str] = {
     "unsubscribe": "newsletter.subscription",
     "preferences": "newsletter.subscription",
     "confirm": "newsletter.confirm",
+    "staff-session": "newsletter.staff-session",
 }
 
 

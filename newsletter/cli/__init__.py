@@ -47,6 +47,7 @@ def _register() -> None:
         scheduler,
         send,
         serve,
+        staff,
         stories,
         subscribers,
     )
@@ -61,6 +62,7 @@ def _register() -> None:
     cli.add_command(scheduler.group)
     cli.add_command(serve.serve)
     cli.add_command(events.group)
+    cli.add_command(staff.group)
 
 
 _register()

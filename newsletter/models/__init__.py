@@ -8,7 +8,8 @@ edition per (newsletter, date), one delivery per (edition, subscriber).
 
 ``core`` holds the base, the types and every enum with its transition table;
 ``tables`` the subscribers, stories, editions and the delivery ledger; ``schedule``
-the scheduler's tables. Everything is importable from ``newsletter.models``.
+the scheduler's tables; ``staff`` the console's accounts and API tokens. Everything
+is importable from ``newsletter.models``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from newsletter.models.core import *  # noqa: F403
 from newsletter.models.core import __all__ as _core
 from newsletter.models.schedule import *  # noqa: F403
 from newsletter.models.schedule import __all__ as _schedule
+from newsletter.models.staff import *  # noqa: F403
+from newsletter.models.staff import __all__ as _staff
 from newsletter.models.tables import *  # noqa: F403
 from newsletter.models.tables import __all__ as _tables
 
-__all__ = [*_core, *_tables, *_schedule]
+__all__ = [*_core, *_tables, *_schedule, *_staff]

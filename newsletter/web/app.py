@@ -25,6 +25,9 @@ from newsletter.config import Settings
 from newsletter.delivery.providers import Provider, open_providers
 from newsletter.errors import NewsletterError
 from newsletter.web import public, webhooks
+from newsletter.web.admin import auth as admin_auth
+from newsletter.web.admin import pages as admin_pages
+from newsletter.web.api.routes import api_app
 from newsletter.web.pages import error_page, message
 from newsletter.web.ratelimit import Limits
 from newsletter.web.security import CSRF, BodyLimit, SecurityHeaders
@@ -45,7 +48,11 @@ def create_app(settings: Settings, *, providers: Providers = open_providers) -> 
         settings=settings,
         sessions=sessions,
         csrf=CSRF(settings.signing_key, secure=settings.site.base_url.startswith("https://")),
-        limits=Limits(sessions, signups_per_hour=settings.web.subscribe_per_ip_per_hour),
+        limits=Limits(
+            sessions,
+            signups_per_hour=settings.web.subscribe_per_ip_per_hour,
+            login_failures_per_hour=settings.web.login_failures_per_hour,
+        ),
     )
 
     @asynccontextmanager
@@ -69,7 +76,14 @@ def create_app(settings: Settings, *, providers: Providers = open_providers) -> 
     app.state.web = web
     app.include_router(public.router)
     app.include_router(webhooks.router)
+    app.include_router(admin_auth.router)
+    app.include_router(admin_pages.router)
+    api = api_app(settings.service.name)
+    api.state.web = web
+    app.mount("/api/v1", api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(admin_auth.LoginRequired, admin_auth.login_required)
+    app.add_exception_handler(admin_auth.Forbidden, admin_auth.forbidden)
     app.add_exception_handler(NewsletterError, _service_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _bad_request)

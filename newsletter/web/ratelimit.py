@@ -84,12 +84,33 @@ class DatabaseStorage(Storage):
 
 
 class Limits:
-    """The web's limits: sign-ups per client address per hour, single-use proofs."""
+    """The web's limits: sign-ups per client address per hour, failed staff logins
+    per address and per account, single-use proofs."""
 
-    def __init__(self, sessions: sessionmaker[Session], *, signups_per_hour: int) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        signups_per_hour: int,
+        login_failures_per_hour: int = 10,
+    ) -> None:
         self.storage = DatabaseStorage(sessions)
         self.limiter = FixedWindowRateLimiter(self.storage)
         self.signups = RateLimitItemPerHour(signups_per_hour)
+        self.logins = RateLimitItemPerHour(login_failures_per_hour)
+
+    def login_allowed(self, client: str, account: str) -> bool:
+        """Whether a login may be tried: neither this client address nor this account
+        has used up its failed attempts for the hour."""
+        return bool(
+            self.limiter.test(self.logins, "login-ip", client)
+            and self.limiter.test(self.logins, "login-account", account.strip().lower())
+        )
+
+    def login_failed(self, client: str, account: str) -> None:
+        """Count a failed login against the client address and the account."""
+        self.limiter.hit(self.logins, "login-ip", client)
+        self.limiter.hit(self.logins, "login-account", account.strip().lower())
 
     def signup(self, client: str) -> bool:
         """Count a sign-up from ``client``; False when it is over the hourly limit."""

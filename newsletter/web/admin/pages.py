@@ -1,0 +1,108 @@
+"""The console's pages: thin routes over the services, each behind one permission."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from newsletter.audience.addresses import normalise_email
+from newsletter.content.editions import get_edition
+from newsletter.delivery import log
+from newsletter.errors import InputError, NewsletterError
+from newsletter.events.why import why as explain
+from newsletter.models import DeliveryStatus
+from newsletter.staff import overview
+from newsletter.staff.access import Permission
+from newsletter.web.admin.auth import console, require
+from newsletter.web.state import WebState
+
+router = APIRouter()
+PAGE_SIZE = 100
+
+
+def _web(request: Request) -> WebState:
+    web: WebState = request.app.state.web
+    return web
+
+
+def _int(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isdigit() and len(text) < 10 else None
+
+
+@router.get("/admin", dependencies=[Depends(require(Permission.DASHBOARD))])
+def dashboard(request: Request) -> Response:
+    web = _web(request)
+    with web.sessions() as session:
+        engine = session.get_bind()
+        figures = overview.overview(session, settings=web.settings, engine=engine)  # type: ignore[arg-type]
+    return console(request, "dashboard.html", overview=figures)
+
+
+@router.get("/admin/deliveries", dependencies=[Depends(require(Permission.DELIVERIES))])
+def deliveries(
+    request: Request,
+    edition: str = "",
+    status: str = "",
+    email: str = "",
+    after: str = "",
+    why: str = "",
+    why_edition: str = "",
+) -> Response:
+    """The delivery log, filtered and paged by keyset, with the "why" box."""
+    web = _web(request)
+    error = why_error = ""
+    rows: list[log.DeliveryRow] = []
+    next_url = ""
+    answer = None
+    with web.sessions() as session:
+        try:
+            edition_id = _int(edition) if edition else None
+            if edition and edition_id is None:
+                raise InputError("the edition is a number", code="input.bad_filter")
+            if edition_id is not None:
+                get_edition(session, edition_id)
+            state = DeliveryStatus(status) if status else None
+            page = log.list_deliveries(
+                session,
+                edition_id=edition_id,
+                status=state,
+                email=normalise_email(email) if email.strip() else None,
+                limit=PAGE_SIZE,
+                cursor=after or None,
+            )
+            rows = list(page.items)
+            if page.cursor:
+                query = {"edition": edition, "status": status, "email": email, "after": page.cursor}
+                next_url = "/admin/deliveries?" + urlencode({k: v for k, v in query.items() if v})
+        except (NewsletterError, ValueError) as exc:
+            error = _sentence(str(exc))
+        if why.strip():
+            try:
+                answer = explain(
+                    session,
+                    settings=web.settings,
+                    email=why,
+                    edition_id=_int(why_edition) if why_edition.strip() else None,
+                )
+            except NewsletterError as exc:
+                why_error = _sentence(str(exc))
+    return console(
+        request,
+        "deliveries.html",
+        rows=rows,
+        next_url=next_url,
+        error=error,
+        filters={"edition": edition, "status": status, "email": email},
+        statuses=[s.value for s in DeliveryStatus],
+        why_email=why,
+        why_edition=why_edition,
+        why_error=why_error,
+        answer=answer,
+    )
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
