@@ -7,14 +7,15 @@ own reads (the scheduler's job list, the delivery log, the editions listing).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
 from newsletter.content import editions
 from newsletter.delivery import log
-from newsletter.models import ACCEPTED, DeliveryStatus, Edition, EditionStatus
+from newsletter.models import ACCEPTED, Delivery, DeliveryStatus, Edition, EditionStatus
 from newsletter.schedule.control import JobEntry, list_jobs
 
 
@@ -34,6 +35,15 @@ class EditionFigures:
     failed: int  # not delivered (refused, or cancelled before it went)
     uncertain: int  # the provider's answer was lost
     funnel: dict[str, int]  # accepted → delivered → opened → clicked; bounced, complained
+
+
+@dataclass(frozen=True)
+class Day:
+    """One day of sending: what the providers accepted, and what bounced of it."""
+
+    day: date
+    sent: int
+    bounced: int
 
 
 @dataclass(frozen=True)
@@ -81,3 +91,41 @@ def overview(session: Session, *, settings: Settings, engine: Engine, recent: in
         sending=tuple(figures(session, e) for e in live),
         recent=tuple(figures(session, e) for e in latest),
     )
+
+
+def activity(session: Session, *, days: int, now: datetime) -> list[Day]:
+    """Sends and bounces per day over the last ``days`` days (by the day each edition's
+    send started), oldest first, every day present.
+
+    Counted per edition through the (edition, status) index, so a million-row ledger
+    costs what its editions' counts do, not a scan of it.
+    """
+    first = (now - timedelta(days=days - 1)).date()
+    started = {
+        edition_id: when.date()
+        for edition_id, when in session.execute(
+            select(Edition.id, Edition.send_started_at).where(
+                Edition.send_started_at >= datetime(first.year, first.month, first.day, tzinfo=UTC)
+            )
+        )
+        if when is not None
+    }
+    sent: dict[date, int] = {}
+    bounced: dict[date, int] = {}
+    bounces = (DeliveryStatus.BOUNCED, DeliveryStatus.DROPPED)
+    if started:
+        query = (
+            select(Delivery.edition_id, Delivery.status, func.count())
+            .where(Delivery.edition_id.in_(sorted(started)))
+            .group_by(Delivery.edition_id, Delivery.status)
+        )
+        for edition_id, status, n in session.execute(query):
+            day = started[edition_id]
+            if status in ACCEPTED:
+                sent[day] = sent.get(day, 0) + int(n)
+            if status in bounces:
+                bounced[day] = bounced.get(day, 0) + int(n)
+    return [
+        Day(d, sent.get(d, 0), bounced.get(d, 0))
+        for d in (first + timedelta(days=i) for i in range(days))
+    ]

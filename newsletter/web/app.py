@@ -26,6 +26,7 @@ from newsletter.delivery.providers import Provider, open_providers
 from newsletter.errors import NewsletterError
 from newsletter.web import public, webhooks
 from newsletter.web.admin import auth as admin_auth
+from newsletter.web.admin import charts as admin_charts
 from newsletter.web.admin import pages as admin_pages
 from newsletter.web.api.routes import api_app
 from newsletter.web.pages import error_page, message
@@ -78,6 +79,7 @@ def create_app(settings: Settings, *, providers: Providers = open_providers) -> 
     app.include_router(webhooks.router)
     app.include_router(admin_auth.router)
     app.include_router(admin_pages.router)
+    app.include_router(admin_charts.router)
     api = api_app(settings.service.name)
     api.state.web = web
     app.mount("/api/v1", api)

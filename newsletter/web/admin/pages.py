@@ -12,7 +12,7 @@ from newsletter.content.editions import get_edition
 from newsletter.delivery import log
 from newsletter.errors import InputError, NewsletterError
 from newsletter.events.why import why as explain
-from newsletter.models import DeliveryStatus
+from newsletter.models import DeliveryStatus, utcnow
 from newsletter.staff import overview
 from newsletter.staff.access import Permission
 from newsletter.web.admin.auth import console, require
@@ -38,7 +38,10 @@ def dashboard(request: Request) -> Response:
     with web.sessions() as session:
         engine = session.get_bind()
         figures = overview.overview(session, settings=web.settings, engine=engine)  # type: ignore[arg-type]
-    return console(request, "dashboard.html", overview=figures)
+        days = overview.activity(session, days=30, now=utcnow())
+    totals = {"sent": sum(d.sent for d in days), "bounced": sum(d.bounced for d in days)}
+    latest = next((e for e in figures.recent if e.audience), None)  # its funnel is charted
+    return console(request, "dashboard.html", overview=figures, activity=totals, latest=latest)
 
 
 @router.get("/admin/deliveries", dependencies=[Depends(require(Permission.DELIVERIES))])
