@@ -26,6 +26,7 @@ FULL: list[list[str]] = [
     ["smtp_bench.py", "--dkim-n", "2000"],
     ["events_bench.py"],
     ["web_bench.py"],
+    ["log_bench.py"],
 ]
 QUICK: list[list[str]] = [
     ["compose_bench.py", "--runs", "50", "--recipients", "2000"],
@@ -35,6 +36,7 @@ QUICK: list[list[str]] = [
     ["smtp_bench.py", "--n", "3000", "--naive-n", "500", "--dkim-n", "300"],
     ["events_bench.py", "--events", "10000"],
     ["web_bench.py", "--subscribers", "5000", "--seconds", "3"],
+    ["log_bench.py", "--rows", "100000", "--n", "50"],
 ]
 
 
