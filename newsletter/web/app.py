@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from newsletter import db
 from newsletter.config import Settings
@@ -105,6 +105,11 @@ async def _service_error(request: Request, exc: Any) -> Response:
 
 async def _http_error(request: Request, exc: Any) -> Response:
     status = int(getattr(exc, "status_code", 500))
+    if request.url.path.startswith("/api/"):  # one the API's mount did not take (odd bytes)
+        return JSONResponse(
+            {"error": "there is no endpoint at this address", "code": "api.not_found"},
+            status_code=404 if status == 404 else status,
+        )
     if status == 404:
         return message(request, "Not found", "There is no page at this address.", status=404)
     if status == 405:
