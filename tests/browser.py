@@ -35,8 +35,11 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 #: Chromium as root on a closed network: no sandbox (root), no GPU, nothing phoning home.
+#: Sandboxed iframes (the console's edition previews) stay in the page's process, or
+#: headless screenshots show an isolated frame blank although it has loaded.
 CHROMIUM_ARGS = [
     "--no-sandbox",
+    "--disable-features=IsolateSandboxedIframes",
     "--disable-gpu",
     "--disable-background-networking",
     "--disable-component-update",
@@ -222,6 +225,19 @@ class Pages:
                 wide = page.evaluate("document.documentElement.scrollWidth")
                 if wide > width:  # something does not fit: the reader scrolls sideways
                     self.overflows.append(f"{name} is {wide} px wide at {width} px ({path.name})")
+        finally:
+            page.set_viewport_size(size)
+
+    def part(self, page: Page, selector: str, name: str) -> None:
+        """Screenshot one element at both widths: full-page screenshots leave iframes
+        blank in headless Chromium, an element's own screenshot shows them."""
+        size = page.viewport_size or {"width": WIDTHS[0], "height": 800}
+        try:
+            for width in WIDTHS:
+                page.set_viewport_size({"width": width, "height": 800})
+                path = SCREENSHOTS / f"{self.prefix}-{self.count:02d}-{name}-{width}.png"
+                page.locator(selector).screenshot(path=str(path))
+                self.taken.append(path)
         finally:
             page.set_viewport_size(size)
 

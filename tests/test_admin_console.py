@@ -80,8 +80,9 @@ def test_an_empty_dashboard_says_so(operator: TestClient) -> None:
 def test_the_dashboard_shows_the_latest_editions_figures(operator: TestClient, sent: int) -> None:
     page = operator.get("/admin")
     assert page.status_code == 200
-    row = re.search(rf"#{sent}</a></th>(.*?)</tr>", page.text, re.S)
+    row = re.search(rf'<a href="/admin/editions/{sent}">#{sent}</a>(.*?)</tr>', page.text, re.S)
     assert row, page.text
+    assert f'href="/admin/deliveries?edition={sent}"' in row.group(1)  # an operator reads its log
     numbers = re.findall(r'<td class="num">([\d,]+)</td>', row.group(1))
     assert numbers == ["5", "5", "2", "1", "1"]  # audience, sent, delivered, bounced, opened
     assert "<script>alert" not in page.text  # the subject is escaped

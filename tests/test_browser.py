@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,10 +34,12 @@ from tests.browser import (
     emls,
     html_part,
     local,
+    read_eml,
     recipient,
     serving,
     text_part,
 )
+from tests.conftest import ROOT
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Route
@@ -372,4 +375,119 @@ def test_altcha_the_sign_up_needs_the_proof_of_work_solved_in_the_browser(
 
     for v in (no_script, visit):
         assert v.outside == [] and v.errors == [], (v.outside, v.errors)
+    pages.assert_accessible()
+
+
+# ----- the staff console ------------------------------------------------------------
+
+STAFF_PASSWORD = "correct horse battery"
+
+
+def _staff(site: Site, email: str, role: str) -> None:
+    done = subprocess.run(
+        site.command("staff", "add", email, "--role", role),
+        cwd=site.root,
+        env=site.environ(),
+        input=STAFF_PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _log_in(page: Page, email: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto("/admin")
+    expect(page.locator("h1")).to_have_text("Staff login")  # sent to the login first
+    page.get_by_label("Email address").fill(email)
+    page.get_by_label("Password").fill(STAFF_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("h1")).to_have_text("Dashboard")
+
+
+@pytest.mark.timeout(240)
+def test_staff_build_preview_test_send_send_watch_and_ask_why(
+    open_visit: Open, serve: Callable[[Site], str], tmp_path: Path
+) -> None:
+    """An editor builds, previews, test-sends and sends an edition and watches it
+    go; an operator reads the delivery log and asks why one reader did not get it."""
+    from playwright.sync_api import expect
+
+    pages = Pages("console")
+    site = Site.create(tmp_path)
+    site.cli(
+        "subscribers", "import", str(ROOT / "subscribers" / "sample.csv"), "--status", "confirmed"
+    )
+    site.cli("subscribers", "suppress", "amara.okafor@example.com", "--detail", "asked by phone")
+    site.cli("stories", "fetch", "--newsletter", "daily-briefing")
+    _staff(site, "ed@example.org", "editor")
+    _staff(site, "ops@example.org", "operator")
+    server = serve(site)
+    visit = open_visit(server)
+    page = visit.page
+
+    # The editor: log in, look at the stories, build today's briefing.
+    _log_in(page, "ed@example.org")
+    pages.check(page, "dashboard-empty")
+    expect(page.get_by_role("link", name="Delivery log")).to_have_count(0)  # not theirs
+    page.get_by_role("link", name="Stories").click()
+    expect(page.locator("h1")).to_contain_text("Stories")
+    pages.check(page, "stories")
+    page.get_by_role("link", name="Editions").click()
+    page.get_by_label("Newsletter", exact=True).first.select_option("daily-briefing")
+    page.get_by_role("button", name="Build").click()
+    expect(page.locator("h1")).to_contain_text("Edition #")
+    found = re.search(r"/admin/editions/(\d+)", page.url)
+    assert found, page.url
+    edition_id = int(found.group(1))
+    edition_url = f"/admin/editions/{edition_id}"
+    expect(page.locator("iframe")).to_have_count(2)
+    expect(page.locator(".passed")).to_have_text("All checks passed.")
+    frame = page.frame_locator("iframe").first
+    expect(frame.locator("body")).to_contain_text("Read the full story")
+    pages.check(page, "edition-built")
+    pages.part(page, ".edition-previews", "edition-preview")
+
+    # A test copy to the editor's own address, then the real send.
+    page.get_by_role("button", name=re.compile("^Send a test copy")).click()
+    expect(page.locator("main")).to_contain_text("ed@example.org")
+    copies = [read_eml(p) for p in sorted(site.outbox.rglob("*.eml"))]
+    tests = [m for m in copies if recipient(m) == "ed@example.org"]
+    assert len(tests) == 1, "one test copy, to the editor"
+    page.goto(edition_url)
+    page.get_by_role("link", name="Send now…").click()
+    expect(page.locator("h1")).to_have_text(f"Send edition #{edition_id} now?")
+    send = page.get_by_role("button", name=re.compile(r"^Send to \d+ subscribers$"))
+    audience = int(re.findall(r"\d+", send.inner_text())[0])
+    assert audience == 18  # the sample's 19 daily-briefing readers but the suppressed one
+    pages.check(page, "send-confirm")
+    send.click()
+    expect(page.locator('[data-field="status"]')).to_have_text("sent", timeout=60_000)
+    expect(page.locator('[data-field="sent"]')).to_have_text(str(audience))
+    pages.check(page, "edition-sent")
+    page.get_by_role("button", name="Log out").click()
+    expect(page.locator("h1")).to_have_text("Staff login")
+
+    # The operator: the dashboard's figures, the log, and why Amara got nothing.
+    _log_in(page, "ops@example.org")
+    expect(page.locator("main")).to_contain_text(f"#{edition_id}")
+    expect(page.locator("figure.chart img").first).to_be_visible()
+    pages.check(page, "dashboard")
+    page.get_by_role("link", name="Delivery log").click()
+    page.get_by_label("Edition", exact=True).fill(str(edition_id))
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("tbody tr")).to_have_count(audience)
+    page.get_by_label("Email address").fill("amara.okafor@example.com")
+    page.get_by_role("button", name="Ask").click()
+    answer = page.get_by_role("status")
+    expect(answer).to_contain_text("amara.okafor@example.com")
+    expect(answer).to_contain_text("suppressed")
+    pages.check(page, "why")
+    page.get_by_role("link", name="Subscribers").click()
+    expect(page.locator("h1")).to_contain_text("Subscribers")
+    pages.check(page, "subscribers")
+
+    assert visit.outside == [] and visit.errors == [], (visit.outside, visit.errors)
     pages.assert_accessible()

@@ -142,9 +142,23 @@ def _shown(value: str) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: What a spreadsheet reads as the start of a formula (and tab/CR, which some strip first).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: Any) -> Any:
+    """Neutralise spreadsheet formula injection in a CSV cell we write: a text that
+    starts with = + - @ (or tab/CR) gets a leading ``'``; :func:`_cell` removes it
+    again on import, so an export re-imports unchanged. Other values pass as they are.
+    """
+    if isinstance(value, str) and value[:1] in FORMULA_START:
+        return "'" + value
+    return value
+
+
 def _cell(value: str) -> str:
     value = value.strip()
-    if len(value) > 1 and value[0] == "'" and value[1] in "=+-@\t\r":
+    if len(value) > 1 and value[0] == "'" and value[1] in FORMULA_START:
         value = value[1:]
     return value.strip()
 

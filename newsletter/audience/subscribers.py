@@ -127,6 +127,19 @@ def _require(session: Session, address: str) -> Subscriber:
     return sub
 
 
+def get_subscriber(session: Session, *, email: str) -> Subscriber:
+    """The subscriber with this address (any spelling), subscriptions loaded.
+
+    Raises InputError (invalid address) and NotFoundError (``subscriber.not_found``).
+    """
+    address = normalise_email(email)
+    stmt = select(Subscriber).where(Subscriber.email == address)
+    sub = session.scalars(stmt.options(selectinload(Subscriber.subscriptions))).one_or_none()
+    if sub is None:
+        raise NotFoundError(f"no subscriber {address}", code="subscriber.not_found", email=address)
+    return sub
+
+
 # ----- subscribing ----------------------------------------------------------
 
 
@@ -203,6 +216,68 @@ def add_subscriber(
             existing.source = source
         elif status is SubscriptionStatus.CONFIRMED:
             transition_subscription(existing, status)
+    session.flush()
+    return sub
+
+
+def update_subscriber(
+    session: Session,
+    *,
+    email: str,
+    settings: Settings,
+    name: str | None = None,
+    timezone: str | None = None,
+    newsletters: Sequence[str] | None = None,
+    source: str = "cli",
+    via: str = "cli",
+) -> Subscriber:
+    """Change a subscriber's name, timezone and newsletters (staff, at their request).
+
+    None leaves a field as it is; an empty name or timezone clears it.
+    ``newsletters`` is the whole set they should get: one not yet held is added
+    pending (as :func:`add_subscriber` would), one left out is unsubscribed (the
+    address is not suppressed: use :func:`unsubscribe` with None to leave all).
+    Everything is checked before anything changes. Raises InputError (bad name or
+    timezone, an empty set), NotFoundError (no subscriber, unknown newsletter),
+    StateError (adding to a suppressed address, or re-adding a newsletter they
+    unsubscribed from: that is ``add_subscriber(resubscribe=True)``).
+    """
+    sub = get_subscriber(session, email=email)
+    clean = clean_name(name) if name is not None else None
+    zone = normalise_timezone(timezone) if timezone is not None else sub.timezone
+    added: list[str] = []
+    dropped: list[str] = []
+    if newsletters is not None:
+        wanted = check_newsletters(settings, newsletters)
+        if not wanted:
+            raise InputError(
+                "choose at least one newsletter (to leave them all, unsubscribe)",
+                code="subscriber.no_newsletter",
+            )
+        current = {s.newsletter: s for s in sub.subscriptions}
+        active = {k for k, s in current.items() if s.status is not SubscriptionStatus.UNSUBSCRIBED}
+        added = [slug for slug in wanted if slug not in active]
+        dropped = [slug for slug in active if slug not in wanted]
+        for slug in added:
+            if slug in current:  # held, so unsubscribed
+                raise StateError(
+                    f"{sub.email} unsubscribed from {slug}; re-subscribe only at their own request",
+                    code="subscription.unsubscribed",
+                    email=sub.email,
+                    slug=slug,
+                )
+        if added:
+            refuse_suppressed(session, address=sub.email)
+    if clean is not None and clean != sub.name:
+        sub.name = clean
+    if zone != sub.timezone:
+        sub.timezone = zone
+    if added:
+        add_subscriber(
+            session, email=sub.email, newsletters=added, source=source, settings=settings
+        )
+    for slug in dropped:
+        _unsubscribe(session, sub, slug, via=via)
     session.flush()
     return sub
 
@@ -442,19 +517,42 @@ class SubscriptionRow:
     suppressed: SuppressionReason | None
 
 
+def _after(prefix: str) -> str | None:
+    """The smallest text greater than every text starting with ``prefix`` (None: no
+    such text): the prefix with its last character moved up by one code point."""
+    for end in range(len(prefix) - 1, -1, -1):
+        code = ord(prefix[end]) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates are not text: skip past them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return prefix[:end] + chr(code)
+    return None
+
+
 def list_subscribers(
     session: Session,
     *,
     newsletter: str | None = None,
     status: SubscriptionStatus | None = None,
+    prefix: str | None = None,
     limit: int | None = None,
     cursor: str | None = None,
 ) -> Page[SubscriptionRow]:
     """Subscriptions, oldest subscriber first; ``limit`` rows a page (None: all).
 
     Without filters, subscribers with no subscription appear once with newsletter None.
+    ``prefix`` keeps addresses that start with it (lower-cased, as addresses are
+    stored), as a range ``prefix <= email < next`` that the unique index on
+    ``email`` serves (a ``LIKE '%...'`` could not); it assumes code point order,
+    which SQLite's BINARY and PostgreSQL's C collations have.
     """
     stmt = _listing(newsletter, status)
+    start = (prefix or "").strip().lower()
+    if start:
+        stmt = stmt.where(Subscriber.email >= start)
+        end = _after(start)
+        if end is not None:
+            stmt = stmt.where(Subscriber.email < end)
     if cursor is not None:
         id_text, _, slug = cursor.partition("|")  # "" after the bar: no subscription
         last = cursor_int(id_text)

@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import db
+from newsletter.audience.imports import safe_cell as safe_cell  # moved: the web exports too
 from newsletter.config import Settings, load_settings
 from newsletter.errors import (
     ConfigError,
@@ -204,13 +205,6 @@ def atomic_file(path: Path, *, newline: str | None = None) -> Iterator[TextIO]:
         if isinstance(exc, OSError):
             raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
-
-
-def safe_cell(value: Any) -> Any:
-    """Neutralise spreadsheet formula injection: prefix = + - @ (and tab/CR) with '."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 def write_csv(stream: Any, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:

@@ -14,20 +14,22 @@ Network and parsing happen before any write, so a slow feed never holds the
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import Insert, Table, and_, func, insert, literal, or_, select
+from sqlalchemy import Insert, Table, and_, exists, func, insert, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
 from newsletter.content import feeds
+from newsletter.content.editions import CLOCK_SKEW
 from newsletter.content.feeds import (
     FETCH_TIMEOUT,
     KICKER_LIMIT,
@@ -49,6 +51,7 @@ from newsletter.models import Edition, EditionStory, Story, StoryOrigin, utcnow
 __all__ = [
     "FetchReport",
     "Pinned",
+    "StoryFilter",
     "add_story",
     "canonical_url",
     "clean_summary",
@@ -318,21 +321,62 @@ def add_story(
     return story
 
 
+class StoryFilter(enum.StrEnum):
+    """Which stories a listing shows (:func:`list_stories`)."""
+
+    FRESH = "fresh"  # what the next edition picks from: in the window, not hidden, unused
+    PINNED = "pinned"
+    HIDDEN = "hidden"
+    USED = "used"  # frozen into an edition of its newsletter already
+
+
 def list_stories(
     session: Session,
     *,
     newsletter: str | None = None,
     include_hidden: bool = False,
+    only: StoryFilter | None = None,
+    settings: Settings | None = None,
+    now: datetime | None = None,
     limit: int = 100,
     cursor: str | None = None,
 ) -> Page[Story]:
-    """Stories newest first (undated ones by when they were fetched); ``cursor`` continues."""
+    """Stories newest first (undated ones by when they were fetched); ``cursor`` continues.
+
+    ``only`` narrows the listing: FRESH is what :func:`newsletter.content.editions.
+    select_stories` would consider now (not hidden, inside the newsletter's freshness
+    window, in no edition yet) and needs ``newsletter`` and ``settings``; HIDDEN lists
+    hidden stories whatever ``include_hidden`` says; PINNED and USED respect it.
+    Raises InputError (a bad cursor, FRESH without a newsletter) and NotFoundError
+    (FRESH for an unknown newsletter).
+    """
     newest = func.coalesce(Story.published_at, Story.fetched_at)
     q = select(Story).order_by(newest.desc(), Story.id.desc()).limit(limit + 1)
     if newsletter is not None:
         q = q.where(Story.newsletter == newsletter)
-    if not include_hidden:
+    if only is StoryFilter.HIDDEN:
+        q = q.where(Story.hidden.is_(True))
+    elif not include_hidden or only is StoryFilter.FRESH:
         q = q.where(Story.hidden.is_(False))
+    used = exists().where(
+        EditionStory.story_id == Story.id,
+        EditionStory.edition_id == Edition.id,
+        Edition.newsletter == Story.newsletter,
+    )
+    if only is StoryFilter.PINNED:
+        q = q.where(Story.pinned.is_(True))
+    elif only is StoryFilter.USED:
+        q = q.where(used)
+    elif only is StoryFilter.FRESH:
+        if newsletter is None or settings is None:
+            raise InputError("fresh stories are per newsletter: name one", code="story.fresh")
+        hours = settings.newsletter(newsletter).freshness_hours
+        at = now or utcnow()
+        q = q.where(
+            newest >= literal(at - timedelta(hours=hours), Story.fetched_at.type),
+            newest <= literal(at + CLOCK_SKEW, Story.fetched_at.type),
+            ~used,
+        )
     if cursor is not None:
         when_text, id_text = cursor_parts(cursor, 2)
         try:
@@ -340,8 +384,8 @@ def list_stories(
         except ValueError:
             raise InputError(f"invalid page cursor {cursor!r}", code="input.cursor") from None
         last = cursor_int(id_text)
-        at = literal(when, Story.fetched_at.type)
-        q = q.where(or_(newest < at, and_(newest == at, Story.id < last)))
+        at_cursor = literal(when, Story.fetched_at.type)
+        q = q.where(or_(newest < at_cursor, and_(newest == at_cursor, Story.id < last)))
     found = list(session.scalars(q))
     rows = found[:limit]
     if len(found) <= limit:

@@ -79,9 +79,12 @@ class SendReport:
 
 
 @contextmanager
-def graceful_stop() -> Iterator[threading.Event]:
-    """Ctrl-C / SIGTERM finish the batch in flight, then stop (no uncertain rows)."""
-    stop = threading.Event()
+def graceful_stop(stop: threading.Event | None = None) -> Iterator[threading.Event]:
+    """Ctrl-C / SIGTERM finish the batch in flight, then stop (no uncertain rows).
+
+    ``stop``, when given, is an outside event that means the same (a web server
+    shutting down while a send it started runs in one of its threads)."""
+    stop = threading.Event() if stop is None else stop
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
@@ -190,6 +193,7 @@ def send_edition(
     sleep: Callable[[float], None] = time.sleep,
     wait: bool = True,
     fresh: bool = True,
+    stop: threading.Event | None = None,
 ) -> SendReport:
     """Send edition ``edition_id`` to its frozen audience; safe to run again.
 
@@ -198,6 +202,7 @@ def send_edition(
     without, it sends what is due now and returns. Raises ProviderConfigError when a
     provider cannot work (before anything is frozen, if it cannot at the start),
     StateError for a held/paused/cancelled edition, CheckFailed for failed checks.
+    Setting ``stop`` (from another thread) ends the run after the batch in flight.
     """
     started_at = time.monotonic()
     send, started = sender.open_send(
@@ -219,7 +224,7 @@ def send_edition(
         total = sum(log.stats(session, edition_id=edition_id).values())
     delivery = settings.delivery
     with (
-        graceful_stop() as stop,
+        graceful_stop(stop) as stop,
         _heartbeat(sessions, send.runner, delivery.heartbeat_seconds, clock),
     ):
         run = _Run(sessions, send, report, stop, clock, sleep if wait else None, progress, total)

@@ -21,18 +21,26 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from newsletter import db
+from newsletter.audience import imports
 from newsletter.config import Settings
+from newsletter.content import special
 from newsletter.delivery.providers import Provider, open_providers
 from newsletter.errors import NewsletterError
 from newsletter.web import public, webhooks
 from newsletter.web.admin import auth as admin_auth
 from newsletter.web.admin import charts as admin_charts
+from newsletter.web.admin import editions as admin_editions
 from newsletter.web.admin import pages as admin_pages
+from newsletter.web.admin import stories as admin_stories
+from newsletter.web.admin import subscribers as admin_subscribers
 from newsletter.web.api.routes import api_app
 from newsletter.web.pages import error_page, message
 from newsletter.web.ratelimit import Limits
 from newsletter.web.security import CSRF, BodyLimit, SecurityHeaders
 from newsletter.web.state import WebState
+
+_FORM_MARGIN = 64 * 1024
+"""Room for a multipart form's other fields and boundaries beside its uploaded file."""
 
 STATIC = Path(__file__).parent / "static"
 
@@ -79,7 +87,10 @@ def create_app(settings: Settings, *, providers: Providers = open_providers) -> 
     app.include_router(webhooks.router)
     app.include_router(admin_auth.router)
     app.include_router(admin_pages.router)
+    app.include_router(admin_stories.router)
+    app.include_router(admin_subscribers.router)
     app.include_router(admin_charts.router)
+    app.include_router(admin_editions.router)
     api = api_app(settings.service.name)
     api.state.web = web
     app.mount("/api/v1", api)
@@ -93,7 +104,11 @@ def create_app(settings: Settings, *, providers: Providers = open_providers) -> 
     app.add_middleware(
         BodyLimit,
         limit=settings.web.max_body_bytes,
-        larger={"/webhooks/": webhooks.MAX_WEBHOOK_BYTES},
+        larger={
+            "/webhooks/": webhooks.MAX_WEBHOOK_BYTES,
+            "/admin/subscribers/import": imports.MAX_CSV_BYTES + _FORM_MARGIN,
+            "/admin/editions/special": special.MAX_SOURCE_BYTES + _FORM_MARGIN,
+        },
     )
     app.add_middleware(SecurityHeaders)
     return app

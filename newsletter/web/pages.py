@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from newsletter.errors import InputError, NewsletterError, NotFoundError, StateError
+from newsletter.web.security import no_store
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -117,8 +118,30 @@ def error_page(request: Request, err: NewsletterError) -> Response:
     if err.code in _WORDS:
         status, heading, text = _WORDS[err.code]
         return message(request, heading, text, status=status)
-    status = 404 if isinstance(err, NotFoundError) else 409 if isinstance(err, StateError) else 400
+    status = status_of(err)
     if not isinstance(err, InputError | NotFoundError | StateError):
         status = 503  # a provider or the database: not the visitor's fault
         return message(request, "Something went wrong", "Please try again later.", status=status)
     return message(request, "That did not work", str(err), status=status)
+
+
+def status_of(err: NewsletterError) -> int:
+    """The HTTP status of a refused request, by the kind of service error."""
+    return 404 if isinstance(err, NotFoundError) else 409 if isinstance(err, StateError) else 400
+
+
+def sentence(text: str) -> str:
+    """``text`` with a capital first letter (service errors are written lower-case)."""
+    return text[:1].upper() + text[1:]
+
+
+def form_expired(request: Request) -> Response:
+    """The 403 page for a form whose CSRF token is missing, forged or old."""
+    return no_store(
+        message(
+            request,
+            "This form has expired",
+            "Go back, reload the page and send it again.",
+            status=403,
+        )
+    )

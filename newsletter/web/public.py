@@ -31,18 +31,13 @@ from newsletter.errors import InputError, NewsletterError
 from newsletter.models import utcnow
 from newsletter.tokens import read_token
 from newsletter.web import captcha
-from newsletter.web.pages import Link, environment, error_page, message, page
+from newsletter.web.pages import Link, environment, error_page, form_expired, message, page
 from newsletter.web.security import client_address, no_store
-from newsletter.web.state import WebState
+from newsletter.web.state import WebState, web_state
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 ONE_CLICK = "One-Click"
-
-
-def _web(request: Request) -> WebState:
-    state: WebState = request.app.state.web
-    return state
 
 
 def _newsletters(web: WebState) -> list[dict[str, str]]:
@@ -57,22 +52,13 @@ def _newsletters(web: WebState) -> list[dict[str, str]]:
     ]
 
 
-def _forbidden(request: Request) -> Response:
-    return message(
-        request,
-        "This form has expired",
-        "Go back, reload the page and send it again.",
-        status=403,
-    )
-
-
 # ----- sign up --------------------------------------------------------------------
 
 
 def _signup_form(
     request: Request, *, status: int = 200, error: str = "", **values: object
 ) -> Response:
-    web = _web(request)
+    web = web_state(request)
     return page(
         request,
         "signup.html",
@@ -105,9 +91,9 @@ def subscribe(
     altcha: str = Form(""),
     csrf: str = Form(""),
 ) -> Response:
-    web = _web(request)
+    web = web_state(request)
     if not web.csrf.valid(request, csrf):
-        return _forbidden(request)
+        return form_expired(request)
     client = client_address(request, trust_forwarded_for=web.settings.web.trust_forwarded_for)
     if not web.limits.signup(client):
         return message(
@@ -176,7 +162,7 @@ def _names(web: WebState, slugs: tuple[str, ...]) -> list[dict[str, str]]:
 
 @router.get("/confirm/{token}")
 def confirm_page(request: Request, token: str) -> Response:
-    web = _web(request)
+    web = web_state(request)
     try:
         with web.sessions() as session:
             pending = signup.pending_signup(session, settings=web.settings, token=token)
@@ -194,9 +180,9 @@ def confirm_page(request: Request, token: str) -> Response:
 
 @router.post("/confirm/{token}")
 def confirm(request: Request, token: str, csrf: str = Form("")) -> Response:
-    web = _web(request)
+    web = web_state(request)
     if not web.csrf.valid(request, csrf):
-        return _forbidden(request)
+        return form_expired(request)
     try:
         with transaction(web.sessions) as session:
             done = signup.confirm_signup(session, settings=web.settings, token=token, now=utcnow())
@@ -239,7 +225,7 @@ def _unsubscribe_what(web: WebState, token: str) -> str:
 
 @router.get("/unsubscribe/{token}")
 def unsubscribe_page(request: Request, token: str) -> Response:
-    web = _web(request)
+    web = web_state(request)
     try:
         what = _unsubscribe_what(web, token)
     except NewsletterError as exc:
@@ -262,10 +248,10 @@ def unsubscribe(
 ) -> Response:
     """RFC 8058: ``List-Unsubscribe=One-Click`` from a mail provider (no cookie, no
     CSRF token) unsubscribes at once; our own page's button carries its token."""
-    web = _web(request)
+    web = web_state(request)
     one_click = list_unsubscribe == ONE_CLICK
     if not one_click and not web.csrf.valid(request, csrf):
-        return _forbidden(request)
+        return form_expired(request)
     try:
         what = _unsubscribe_what(web, token)
         with transaction(web.sessions) as session:
@@ -323,7 +309,7 @@ def _preferences_page(
 
 @router.get("/preferences/{token}")
 def preferences_page(request: Request, token: str) -> Response:
-    web = _web(request)
+    web = web_state(request)
     try:
         return _preferences_page(request, web, token)
     except NewsletterError as exc:
@@ -340,9 +326,9 @@ def preferences(
     timezone: str = Form(""),
     csrf: str = Form(""),
 ) -> Response:
-    web = _web(request)
+    web = web_state(request)
     if not web.csrf.valid(request, csrf):
-        return _forbidden(request)
+        return form_expired(request)
     try:
         if action == "delete":  # the confirmation step: nothing is erased yet
             with web.sessions() as session:
@@ -390,7 +376,7 @@ def preferences(
 
 @router.get("/preferences/{token}/data.json")
 def preferences_data(request: Request, token: str) -> Response:
-    web = _web(request)
+    web = web_state(request)
     try:
         with web.sessions() as session:
             data = prefs.data(session, settings=web.settings, token=token)
@@ -410,7 +396,7 @@ def preferences_data(request: Request, token: str) -> Response:
 
 @router.get("/archive")
 def archive_index(request: Request) -> Response:
-    web = _web(request)
+    web = web_state(request)
     rows = []
     with web.sessions() as session:
         for slug, nl in web.settings.newsletters.items():
@@ -433,7 +419,7 @@ def _known(web: WebState, slug: str) -> bool:
 
 @router.get("/archive/{slug}")
 def archive_list(request: Request, slug: str, after: str | None = None) -> Response:
-    web = _web(request)
+    web = web_state(request)
     if not _known(web, slug):
         return message(request, "Not found", "There is no such newsletter.", status=404)
     nl = web.settings.newsletters[slug]
@@ -465,7 +451,7 @@ def archive_list(request: Request, slug: str, after: str | None = None) -> Respo
 
 @router.get("/archive/{slug}/feed.xml")
 def archive_feed(request: Request, slug: str) -> Response:
-    web = _web(request)
+    web = web_state(request)
     if not _known(web, slug):
         return message(request, "Not found", "There is no such newsletter.", status=404)
     nl = web.settings.newsletters[slug]
@@ -504,7 +490,7 @@ def _atom_time(day: date) -> str:
 @router.get("/archive/{slug}/{day}")
 async def archive_edition(request: Request, slug: str, day: str) -> Response:
     """An edition's web version; served from ``web.pages`` while it is fresh there."""
-    web = _web(request)
+    web = web_state(request)
     cached = web.pages.get((slug, day))  # only this thread (the event loop's) uses it
     if cached is not None:
         return HTMLResponse(cached)
@@ -515,7 +501,7 @@ async def archive_edition(request: Request, slug: str, day: str) -> Response:
 
 
 def _archive_edition(request: Request, slug: str, day: str) -> Response:
-    web = _web(request)
+    web = web_state(request)
     try:
         issue_date = date.fromisoformat(day)
     except ValueError:
@@ -534,7 +520,7 @@ def _archive_edition(request: Request, slug: str, day: str) -> Response:
 
 @router.get("/altcha/challenge")
 def altcha_challenge(request: Request) -> Response:
-    web = _web(request)
+    web = web_state(request)
     if web.settings.web.captcha != "altcha":
         return RedirectResponse("/", status_code=303)
     return Response(json.dumps(captcha.challenge(web)), media_type="application/json")

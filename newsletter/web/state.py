@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from cachetools import TTLCache
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
 
 from newsletter.audience.subscribers import timezone_names
 from newsletter.config import Settings
@@ -28,3 +29,9 @@ class WebState:
     pages: TTLCache[tuple[str, str], bytes] = field(
         default_factory=lambda: TTLCache(maxsize=512, ttl=60, timer=time.time)
     )
+
+
+def web_state(request: Request) -> WebState:
+    """The state the app factory built, from a request."""
+    web: WebState = request.app.state.web
+    return web

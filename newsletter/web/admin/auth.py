@@ -23,7 +23,7 @@ from newsletter.staff import accounts
 from newsletter.staff.access import Permission, allows
 from newsletter.web.pages import message, page
 from newsletter.web.security import client_address, no_store
-from newsletter.web.state import WebState
+from newsletter.web.state import WebState, web_state
 
 COOKIE = "nl_staff"
 router = APIRouter()
@@ -41,11 +41,6 @@ class Forbidden(Exception):
         self.permission = permission
 
 
-def _web(request: Request) -> WebState:
-    web: WebState = request.app.state.web
-    return web
-
-
 def _max_age(web: WebState) -> int:
     return int(web.settings.web.staff_session_hours * 3600)
 
@@ -56,7 +51,7 @@ def current_staff(request: Request) -> Staff:
     if isinstance(cached, Staff):
         return cached
     token = request.cookies.get(COOKIE, "")
-    web = _web(request)
+    web = web_state(request)
     staff = None
     if token:
         with web.sessions() as session:
@@ -125,7 +120,7 @@ def login(
     next: str = Form("/admin"),  # noqa: A002
     csrf: str = Form(""),
 ) -> Response:
-    web = _web(request)
+    web = web_state(request)
     if not web.csrf.valid(request, csrf):
         return no_store(message(request, "That did not work", "Please try again.", status=403))
     client = client_address(request, trust_forwarded_for=web.settings.web.trust_forwarded_for)
@@ -159,7 +154,7 @@ def login(
 
 @router.post("/admin/logout")
 def logout(request: Request, csrf: str = Form("")) -> Response:
-    web = _web(request)
+    web = web_state(request)
     if not web.csrf.valid(request, csrf):
         return no_store(message(request, "That did not work", "Please try again.", status=403))
     response = RedirectResponse("/admin/login", status_code=303)

@@ -16,15 +16,11 @@ from newsletter.models import DeliveryStatus, utcnow
 from newsletter.staff import overview
 from newsletter.staff.access import Permission
 from newsletter.web.admin.auth import console, require
-from newsletter.web.state import WebState
+from newsletter.web.pages import sentence
+from newsletter.web.state import web_state
 
 router = APIRouter()
 PAGE_SIZE = 100
-
-
-def _web(request: Request) -> WebState:
-    web: WebState = request.app.state.web
-    return web
 
 
 def _int(text: str) -> int | None:
@@ -34,7 +30,7 @@ def _int(text: str) -> int | None:
 
 @router.get("/admin", dependencies=[Depends(require(Permission.DASHBOARD))])
 def dashboard(request: Request) -> Response:
-    web = _web(request)
+    web = web_state(request)
     with web.sessions() as session:
         engine = session.get_bind()
         figures = overview.overview(session, settings=web.settings, engine=engine)  # type: ignore[arg-type]
@@ -55,7 +51,7 @@ def deliveries(
     why_edition: str = "",
 ) -> Response:
     """The delivery log, filtered and paged by keyset, with the "why" box."""
-    web = _web(request)
+    web = web_state(request)
     error = why_error = ""
     rows: list[log.DeliveryRow] = []
     next_url = ""
@@ -81,7 +77,7 @@ def deliveries(
                 query = {"edition": edition, "status": status, "email": email, "after": page.cursor}
                 next_url = "/admin/deliveries?" + urlencode({k: v for k, v in query.items() if v})
         except (NewsletterError, ValueError) as exc:
-            error = _sentence(str(exc))
+            error = sentence(str(exc))
         if why.strip():
             try:
                 answer = explain(
@@ -91,7 +87,7 @@ def deliveries(
                     edition_id=_int(why_edition) if why_edition.strip() else None,
                 )
             except NewsletterError as exc:
-                why_error = _sentence(str(exc))
+                why_error = sentence(str(exc))
     return console(
         request,
         "deliveries.html",
@@ -105,7 +101,3 @@ def deliveries(
         why_error=why_error,
         answer=answer,
     )
-
-
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:]

@@ -24,7 +24,7 @@ from newsletter.models import DeliveryStatus, EditionKind, EditionStatus
 from newsletter.staff import overview
 from newsletter.staff.access import Permission
 from newsletter.web.api.auth import ApiError, require
-from newsletter.web.state import WebState
+from newsletter.web.state import web_state
 
 router = APIRouter()
 ID = Annotated[int, Query(ge=1, le=2**31 - 1)]
@@ -128,11 +128,6 @@ class OverviewOut(BaseModel):
     recent: list[Figures]
 
 
-def _web(request: Request) -> WebState:
-    web: WebState = request.app.state.web
-    return web
-
-
 def _figures(f: overview.EditionFigures) -> Figures:
     return Figures(**f.__dict__)
 
@@ -145,7 +140,7 @@ def _figures(f: overview.EditionFigures) -> Figures:
 )
 def get_overview(request: Request) -> OverviewOut:
     """What runs next, what is sending, and the latest editions' figures."""
-    web = _web(request)
+    web = web_state(request)
     with web.sessions() as session:
         engine = session.get_bind()
         o = overview.overview(session, settings=web.settings, engine=engine)  # type: ignore[arg-type]
@@ -173,7 +168,7 @@ def list_deliveries(
     after: AFTER = None,
 ) -> DeliveryPage:
     """The delivery log, newest first, filtered by edition, status and address."""
-    with _web(request).sessions() as session:
+    with web_state(request).sessions() as session:
         if edition is not None:
             editions.get_edition(session, edition)
         page = log.list_deliveries(
@@ -210,7 +205,7 @@ def list_deliveries(
 )
 def delivery_stats(request: Request, edition: ID | None = None) -> Stats:
     """Counts per status and the events' funnel, for one edition or all."""
-    with _web(request).sessions() as session:
+    with web_state(request).sessions() as session:
         if edition is not None:
             editions.get_edition(session, edition)
         counts = log.stats(session, edition_id=edition)
@@ -233,7 +228,7 @@ def why(
     newsletter: Annotated[str | None, Query(max_length=100)] = None,
 ) -> WhyOut:
     """Why an address did or did not get an edition, and its timeline."""
-    web = _web(request)
+    web = web_state(request)
     with web.sessions() as session:
         answer = explain(
             session, settings=web.settings, email=email, edition_id=edition, newsletter=newsletter
@@ -258,7 +253,7 @@ def list_editions(
     after: AFTER = None,
 ) -> EditionPage:
     """Editions, newest issue first."""
-    web = _web(request)
+    web = web_state(request)
     if newsletter is not None:
         web.settings.newsletter(newsletter)  # an unknown slug is a 404, not no rows
     with web.sessions() as session:
@@ -274,7 +269,7 @@ def list_editions(
 )
 def get_edition(request: Request, edition_id: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> Figures:
     """One edition with its audience and figures."""
-    with _web(request).sessions() as session:
+    with web_state(request).sessions() as session:
         return _figures(overview.figures(session, editions.get_edition(session, edition_id)))
 
 
@@ -325,6 +320,13 @@ def api_app(title: str) -> FastAPI:
         openapi_url="/openapi.json",
     )
     api.include_router(router)
+    from newsletter.web.api import stories, subscribers  # they import REFUSALS from here
+
+    api.include_router(subscribers.router)
+    api.include_router(stories.router)
+    from newsletter.web.api import editions  # it imports REFUSALS and models from here
+
+    api.include_router(editions.router)
     api.add_exception_handler(ApiError, _api_error)
     api.add_exception_handler(NewsletterError, _service_error)
     api.add_exception_handler(RequestValidationError, _invalid)
