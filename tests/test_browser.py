@@ -424,6 +424,7 @@ def test_staff_build_preview_test_send_send_watch_and_ask_why(
     site.cli("stories", "fetch", "--newsletter", "daily-briefing")
     _staff(site, "ed@example.org", "editor")
     _staff(site, "ops@example.org", "operator")
+    _staff(site, "admin@example.org", "admin")
     server = serve(site)
     visit = open_visit(server)
     page = visit.page
@@ -488,6 +489,31 @@ def test_staff_build_preview_test_send_send_watch_and_ask_why(
     page.get_by_role("link", name="Subscribers").click()
     expect(page.locator("h1")).to_contain_text("Subscribers")
     pages.check(page, "subscribers")
+    page.get_by_role("button", name="Log out").click()
+
+    # The admin: every edition, a special edition's form, Amara's page, and a CSV
+    # upload larger than an ordinary form may be, with one malformed row.
+    _log_in(page, "admin@example.org")
+    page.get_by_role("link", name="Editions").click()
+    expect(page.locator("main")).to_contain_text(f"#{edition_id}")
+    pages.check(page, "editions")
+    page.goto("/admin/editions/special")
+    pages.check(page, "special")
+    page.goto("/admin/subscribers?q=amara")
+    page.get_by_role("link", name="amara.okafor@example.com").first.click()
+    expect(page.locator("main")).to_contain_text("asked by phone")
+    pages.check(page, "person")
+    upload = tmp_path / "newsroom.csv"
+    rows = [f"reader{n:05d}@example.org,Reader Number {n:05d} of the newsroom" for n in range(2000)]
+    upload.write_text("email,name\n" + "\n".join([*rows, "not-an-address,Broken"]) + "\n")
+    assert upload.stat().st_size > 64 * 1024  # past web.max_body_bytes
+    page.goto("/admin/subscribers/import")
+    page.get_by_label("CSV file", exact=True).set_input_files(str(upload))
+    page.get_by_label("The Daily Ledger").check()
+    page.get_by_role("button", name="Import").click()
+    expect(page.get_by_role("status")).to_contain_text("1 of 2,001 rows were refused")
+    expect(page.locator("table.refused")).to_contain_text("not-an-address")
+    pages.check(page, "import")
 
     assert visit.outside == [] and visit.errors == [], (visit.outside, visit.errors)
     pages.assert_accessible()

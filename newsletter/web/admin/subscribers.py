@@ -289,8 +289,7 @@ def _import_page(
         chosen=chosen,
         statuses=NEW_STATUSES,
         status_default=status_default,
-        # The request's own limit may be the smaller one (web.max_body_bytes).
-        largest=_size(min(MAX_UPLOAD_BYTES, web.settings.web.max_body_bytes)),
+        largest=_size(MAX_UPLOAD_BYTES),  # the app lets this path past web.max_body_bytes
     )
 
 
