@@ -16,7 +16,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -137,11 +137,15 @@ class SMTPSettings(_Section):
     dkim_algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
 
 
+ProviderName = Literal["outbox", "sendgrid", "smtp"]
+PROVIDER_NAMES: tuple[str, ...] = get_args(ProviderName)
+
+
 class DeliverySettings(_Section):
     """Which provider carries mail, and how the ledger hands it out."""
 
-    provider: Literal["outbox", "sendgrid", "smtp"] = "outbox"
-    secondary_provider: Literal["outbox", "sendgrid", "smtp"] | None = None
+    provider: ProviderName = "outbox"
+    secondary_provider: ProviderName | None = None
     failover_after: int = Field(default=5, ge=1)
     stop_after_failed_batches: int = Field(default=3, ge=1)
     outbox_dir: str = "var/outbox"

@@ -17,7 +17,7 @@ from newsletter.content import editions
 from newsletter.delivery import runner
 from newsletter.delivery.providers.files import OutboxProvider
 from newsletter.models import Delivery, DeliveryStatus, StaffRole, utcnow
-from newsletter.staff import accounts, overview
+from newsletter.staff import accounts, api_tokens, overview
 from newsletter.web.app import create_app
 from tests import factories
 
@@ -114,6 +114,51 @@ def test_activity_counts_sends_and_bounces_by_day(session: Session, sent: int) -
     assert all((d.sent, d.bounced) == (0, 0) for d in days[:-1])
     later = overview.activity(session, days=3, now=utcnow() + timedelta(days=5))
     assert all((d.sent, d.bounced) == (0, 0) for d in later)
+
+
+def test_the_delivery_log_filters_by_provider_and_day_in_the_console_and_the_api(
+    operator: TestClient, sent: int, sessions: sessionmaker[Session]
+) -> None:
+    """Two rows sent three days ago, one of them by SendGrid; one row never sent."""
+    day = (utcnow() - timedelta(days=3)).replace(hour=23, minute=59)
+    with sessions.begin() as s:
+        s.execute(
+            update(Delivery)
+            .where(Delivery.email.in_(["reader3@example.org", "reader4@example.org"]))
+            .values(sent_at=day)
+        )
+        s.execute(
+            update(Delivery)
+            .where(Delivery.email == "reader4@example.org")
+            .values(provider="sendgrid")
+        )
+        _, token = api_tokens.create(s, name="ops-script", role=StaffRole.OPERATOR)
+    on_the_day = {"since": day.date().isoformat(), "until": day.date().isoformat()}
+    page = operator.get("/admin/deliveries", params=on_the_day).text
+    assert sorted(re.findall(r"reader\d@example.org", page)) == [
+        "reader3@example.org",
+        "reader4@example.org",
+    ]
+    page = operator.get("/admin/deliveries", params={"provider": "sendgrid"}).text
+    assert re.findall(r"reader\d@example.org", page) == ["reader4@example.org"]
+    after = operator.get("/admin/deliveries", params={"since": utcnow().date().isoformat()}).text
+    assert "reader0@example.org" in after and "reader3@example.org" not in after
+    bad = operator.get("/admin/deliveries", params={"since": "yesterday"})
+    assert bad.status_code == 200 and "The from date is a day like" in bad.text
+    assert (
+        "There is no provider &#39;pigeon&#39;"
+        in operator.get("/admin/deliveries?provider=pigeon").text
+    )
+
+    api = {"Authorization": f"Bearer {token}"}
+    found = operator.get(
+        "/api/v1/deliveries", params={**on_the_day, "provider": "sendgrid"}, headers=api
+    )
+    assert found.status_code == 200
+    assert [d["email"] for d in found.json()["items"]] == ["reader4@example.org"]
+    refused = operator.get("/api/v1/deliveries", params={"until": "2026-13-01"}, headers=api)
+    assert refused.status_code == 422
+    assert operator.get("/api/v1/deliveries?provider=pigeon", headers=api).status_code == 422
 
 
 def test_the_delivery_log_filters_pages_and_answers_why(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
@@ -73,10 +73,16 @@ def list_deliveries(
     edition_id: int | None = None,
     status: DeliveryStatus | None = None,
     email: str | None = None,
+    provider: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
     limit: int = 100,
     cursor: str | None = None,
 ) -> Page[DeliveryRow]:
-    """Delivery rows, newest first, filtered; ``cursor`` from the previous page."""
+    """Delivery rows, newest first, filtered; ``cursor`` from the previous page.
+
+    ``since`` and ``until`` are UTC days, both included, of the send (of the queueing
+    for a row never sent: a failure, a wave still waiting)."""
     query = select(Delivery).order_by(Delivery.id.desc()).limit(limit + 1)
     if edition_id is not None:
         query = query.where(Delivery.edition_id == edition_id)
@@ -84,6 +90,13 @@ def list_deliveries(
         query = query.where(Delivery.status == status)
     if email is not None:
         query = query.where(Delivery.email == email)
+    if provider is not None:
+        query = query.where(Delivery.provider == provider)
+    when = func.coalesce(Delivery.sent_at, Delivery.created_at)
+    if since is not None:
+        query = query.where(when >= _midnight(since))
+    if until is not None:
+        query = query.where(when < _midnight(until + timedelta(days=1)))
     if cursor is not None:
         query = query.where(Delivery.id < cursor_int(cursor))
     found = list(session.scalars(query))
@@ -105,6 +118,10 @@ def list_deliveries(
         for d in found[:limit]
     ]
     return Page(rows, str(rows[-1].id) if len(found) > limit else None)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=UTC)
 
 
 def next_due(session: Session, *, edition_id: int) -> datetime | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from newsletter.audience.addresses import normalise_email
+from newsletter.config import PROVIDER_NAMES
 from newsletter.content.editions import get_edition
 from newsletter.delivery import log
 from newsletter.errors import InputError, NewsletterError
@@ -21,6 +23,18 @@ from newsletter.web.state import web_state
 
 router = APIRouter()
 PAGE_SIZE = 100
+
+
+def _day(text: str, which: str) -> date | None:
+    """A filter's day (YYYY-MM-DD), None when empty; InputError naming the field."""
+    if not text.strip():
+        return None
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise InputError(
+            f"the {which} date is a day like 2026-12-01", code="input.bad_filter"
+        ) from None
 
 
 def _int(text: str) -> int | None:
@@ -46,6 +60,9 @@ def deliveries(
     edition: str = "",
     status: str = "",
     email: str = "",
+    provider: str = "",
+    since: str = "",
+    until: str = "",
     after: str = "",
     why: str = "",
     why_edition: str = "",
@@ -53,6 +70,14 @@ def deliveries(
     """The delivery log, filtered and paged by keyset, with the "why" box."""
     web = web_state(request)
     error = why_error = ""
+    filters = {
+        "edition": edition,
+        "status": status,
+        "email": email,
+        "provider": provider,
+        "since": since,
+        "until": until,
+    }
     rows: list[log.DeliveryRow] = []
     next_url = ""
     answer = None
@@ -64,17 +89,22 @@ def deliveries(
             if edition_id is not None:
                 get_edition(session, edition_id)
             state = DeliveryStatus(status) if status else None
+            if provider and provider not in PROVIDER_NAMES:
+                raise InputError(f"there is no provider {provider[:32]!r}", code="input.bad_filter")
             page = log.list_deliveries(
                 session,
                 edition_id=edition_id,
                 status=state,
                 email=normalise_email(email) if email.strip() else None,
+                provider=provider.strip() or None,
+                since=_day(since, "from"),
+                until=_day(until, "to"),
                 limit=PAGE_SIZE,
                 cursor=after or None,
             )
             rows = list(page.items)
             if page.cursor:
-                query = {"edition": edition, "status": status, "email": email, "after": page.cursor}
+                query = {**filters, "after": page.cursor}
                 next_url = "/admin/deliveries?" + urlencode({k: v for k, v in query.items() if v})
         except (NewsletterError, ValueError) as exc:
             error = sentence(str(exc))
@@ -94,7 +124,8 @@ def deliveries(
         rows=rows,
         next_url=next_url,
         error=error,
-        filters={"edition": edition, "status": status, "email": email},
+        filters=filters,
+        providers=PROVIDER_NAMES,
         statuses=[s.value for s in DeliveryStatus],
         why_email=why,
         why_edition=why_edition,

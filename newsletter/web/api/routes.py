@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from newsletter.audience.addresses import normalise_email
+from newsletter.config import ProviderName
 from newsletter.content import editions
 from newsletter.delivery import log
 from newsletter.errors import InputError, NewsletterError, NotFoundError, StateError
@@ -164,10 +165,14 @@ def list_deliveries(
     edition: ID | None = None,
     status: DeliveryStatus | None = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
+    provider: ProviderName | None = None,
+    since: Annotated[date | None, Query(description="first UTC day, included")] = None,
+    until: Annotated[date | None, Query(description="last UTC day, included")] = None,
     limit: LIMIT = 100,
     after: AFTER = None,
 ) -> DeliveryPage:
-    """The delivery log, newest first, filtered by edition, status and address."""
+    """The delivery log, newest first, filtered by edition, status, address, provider
+    and the day sent (queued, for a row never sent)."""
     with web_state(request).sessions() as session:
         if edition is not None:
             editions.get_edition(session, edition)
@@ -176,6 +181,9 @@ def list_deliveries(
             edition_id=edition,
             status=status,
             email=normalise_email(email) if email else None,
+            provider=provider,
+            since=since,
+            until=until,
             limit=limit,
             cursor=after,
         )
