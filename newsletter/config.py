@@ -180,6 +180,23 @@ class DeliverySettings(_Section):
         return _duration(self.retry_window, "retry_window")
 
 
+class QueueSettings(_Section):
+    """Where sends run: in the process that starts them, or on Celery workers."""
+
+    backend: Literal["inline", "celery"] = "inline"
+    # Redis or RabbitMQ; may carry credentials, so it is kept out of every log and
+    # repr (NEWSLETTER_QUEUE__BROKER_URL in the environment).
+    broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    queue_name: str = Field(default="newsletter", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # Tasks queued per send: each busy worker slot takes one, so this caps how many
+    # slots share one edition (a worker started late takes one still waiting).
+    tasks_per_send: int = Field(default=8, ge=1, le=256)
+    # A task waits this long for retries and other workers' batches (keep it above
+    # delivery.lease_seconds); a row due later (a wave, a long backoff) is left to a
+    # task queued for that time.
+    wait_seconds: float = Field(default=600.0, gt=0, le=3600)
+
+
 class SchedulerSettings(_Section):
     """The `newsletter scheduler` daemon: its single-runner lease and its tick."""
 
@@ -390,6 +407,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     delivery: DeliverySettings = DeliverySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    queue: QueueSettings = QueueSettings()
     web: WebSettings = WebSettings()
     events: EventsSettings = EventsSettings()
     newsletters: dict[str, NewsletterSettings] = Field(default_factory=_default_newsletters)
@@ -574,4 +592,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
     except SettingsError as exc:  # an environment value pydantic-settings cannot decode
         raise ConfigError(_format_settings_error(exc), code="config.environment") from None
     _check_secrets(settings)
+    if settings.queue.backend == "celery" and settings.database_url.startswith("sqlite"):
+        raise ConfigError(
+            f'{source}: queue.backend = "celery" needs PostgreSQL (database.url): '
+            "SQLite has one writer, so workers on other processes or machines cannot share it",
+            code="config.queue_sqlite",
+        )
     return settings

@@ -18,8 +18,9 @@ HTTP status. The tree::
     ├── NoStoriesError              edition.no_stories
     ├── RenderError                 render.*      template or MJML failure
     │   └── CheckFailed             edition.checks_failed   pre-send checks blocked the edition
-    └── ProviderError               provider.*    the provider refused or went away mid-send
-        └── ProviderConfigError     provider.config   missing key, bad credentials, unreachable
+    ├── ProviderError               provider.*    the provider refused or went away mid-send
+    │   └── ProviderConfigError     provider.config   missing key, bad credentials, unreachable
+    └── QueueError                  queue.*       the workers' broker cannot be reached
 """
 
 from __future__ import annotations
@@ -115,3 +116,9 @@ class ProviderConfigError(ProviderError):
     """The provider cannot work: missing key, bad credentials, unreachable host."""
 
     code = "provider.config"
+
+
+class QueueError(NewsletterError):
+    """The broker that carries sends to the workers (Redis, RabbitMQ) cannot be reached."""
+
+    code = "queue.unavailable"

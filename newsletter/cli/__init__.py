@@ -50,6 +50,7 @@ def _register() -> None:
         staff,
         stories,
         subscribers,
+        workers,
     )
 
     cli.add_command(subscribers.group)
@@ -63,6 +64,8 @@ def _register() -> None:
     cli.add_command(serve.serve)
     cli.add_command(events.group)
     cli.add_command(staff.group)
+    cli.add_command(workers.worker)
+    cli.add_command(workers.workers)
 
 
 _register()

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from newsletter.audience.subscribers import normalise_email
 from newsletter.cli.common import EDITION_ID, App, after_send, emit_rows, parse_date, pass_app
 from newsletter.content import editions
-from newsletter.delivery import preview, runner, sender
+from newsletter.delivery import preview, queue, runner, sender
 from newsletter.delivery.providers import open_providers
 from newsletter.delivery.providers.base import Provider
 from newsletter.delivery.types import OutcomeStatus
@@ -237,7 +237,7 @@ def send(
             _send_test(app, edition_id, test_to, provider)
             return
         with progress_reporter() as progress:
-            report = runner.send_edition(
+            report = queue.send(
                 app.sessions,
                 settings=settings,
                 edition_id=edition_id,

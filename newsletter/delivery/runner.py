@@ -53,6 +53,7 @@ class SendReport:
     retried: int = 0
     uncertain: int = 0
     stopped: str | None = None  # why the run ended early, if it did
+    later: datetime | None = None  # the run ended before rows due then (see ``horizon``)
     outage: bool = False  # it ended because the provider went away (the send is paused)
     elapsed: float = 0.0
     summary: log.Summary = field(
@@ -141,6 +142,7 @@ class _Run:
     sleep: Callable[[float], None] | None
     progress: Progress | None
     total: int
+    horizon: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     error: BaseException | None = None
 
@@ -176,6 +178,10 @@ class _Run:
             return False
         now = self.clock()
         delay = (step.until - now).total_seconds() if step.until else POLL_SECONDS
+        if self.horizon is not None and step.until is not None and delay > self.horizon:
+            with self.lock:
+                self.report.later = min(self.report.later or step.until, step.until)
+            return False
         self.sleep(min(max(delay, 0.05), POLL_SECONDS))
         sender.recover_gone(self.sessions, self.send, now=self.clock())
         return True
@@ -194,6 +200,7 @@ def send_edition(
     wait: bool = True,
     fresh: bool = True,
     stop: threading.Event | None = None,
+    horizon: float | None = None,
 ) -> SendReport:
     """Send edition ``edition_id`` to its frozen audience; safe to run again.
 
@@ -203,6 +210,8 @@ def send_edition(
     provider cannot work (before anything is frozen, if it cannot at the start),
     StateError for a held/paused/cancelled edition, CheckFailed for failed checks.
     Setting ``stop`` (from another thread) ends the run after the batch in flight.
+    ``horizon`` (seconds) bounds the wait: when the next row is due later than that,
+    the run ends with ``report.later`` set to when (a worker's task re-queues itself).
     """
     started_at = time.monotonic()
     send, started = sender.open_send(
@@ -227,7 +236,8 @@ def send_edition(
         graceful_stop(stop) as stop,
         _heartbeat(sessions, send.runner, delivery.heartbeat_seconds, clock),
     ):
-        run = _Run(sessions, send, report, stop, clock, sleep if wait else None, progress, total)
+        pause = sleep if wait else None
+        run = _Run(sessions, send, report, stop, clock, pause, progress, total, horizon)
         helpers = _start_helper_processes(settings, edition_id, wait=wait)
         if delivery.concurrency == 1:
             run.worker()

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.content import editions
 from newsletter.db import transaction
-from newsletter.delivery import ledger, runner, sender
+from newsletter.delivery import ledger, queue, sender
 from newsletter.delivery import log as delivery_log
 from newsletter.delivery.pacing import OUTAGE
 from newsletter.errors import CheckFailed, NewsletterError, ProviderError
@@ -266,7 +266,7 @@ def _advance(rt: Runtime, run: Run, *, send_id: int) -> None:
             due = True  # nothing left: let the sender mark the edition sent
     if due:
         with rt.providers(settings) as (provider, secondary):
-            report = runner.send_edition(
+            report = queue.send(
                 rt.sessions,
                 settings=settings,
                 edition_id=edition_id,
@@ -337,7 +337,7 @@ def _resume_after_outage(rt: Runtime, run: Run, *, edition_id: int) -> None:
             return
         with transaction(rt.sessions) as session:
             sender.resume(session, edition_id=edition_id)
-        report = runner.send_edition(
+        report = queue.send(
             rt.sessions,
             settings=settings,
             edition_id=edition_id,

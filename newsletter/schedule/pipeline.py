@@ -21,7 +21,7 @@ from newsletter.config import Settings
 from newsletter.content import editions, stories
 from newsletter.content.stories import FetchReport
 from newsletter.db import transaction
-from newsletter.delivery import runner, sender
+from newsletter.delivery import queue, runner, sender
 from newsletter.delivery.providers import Provider
 from newsletter.errors import CheckFailed
 from newsletter.models import EditionStatus, ScheduledSend, SendSource, utcnow
@@ -149,7 +149,7 @@ def run_newsletter(
                 sessions, slug=slug, edition_id=built.edition_id, send_at=send_at
             )
             return report
-    report.send = runner.send_edition(
+    report.send = queue.send(
         sessions,
         settings=settings,
         edition_id=built.edition_id,

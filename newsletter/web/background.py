@@ -7,8 +7,9 @@ outbox) one would say "scheduled" and never go out; recording one *and* running 
 here would race a scheduler that does run. So :func:`send_in_background` does what
 ``newsletter send --edition`` does: in the caller's request it checks the provider,
 the edition's state and the pre-send checks (refusals come back at once), then it
-runs :func:`newsletter.delivery.runner.send_edition` (freeze the audience, send every
-batch, wait for retries) in a thread and returns.
+runs :func:`newsletter.delivery.queue.send` in a thread and returns: inline, that
+freezes the audience, sends every batch and waits for retries; on Celery it freezes
+the audience and queues the send for the workers.
 
 The ledger keeps this honest: runners claim rows, so another runner (the CLI, another
 web node) never sends anyone twice; a server shutting down tells its threads to stop
@@ -27,7 +28,7 @@ from contextlib import ExitStack
 from sqlalchemy.orm import Session
 
 from newsletter.db import transaction
-from newsletter.delivery import preview, runner, sender
+from newsletter.delivery import preview, queue, sender
 from newsletter.delivery.providers import open_providers
 from newsletter.delivery.providers.base import Provider
 from newsletter.delivery.types import OutcomeStatus
@@ -119,13 +120,16 @@ class BackgroundSends:
         problem = ""
         try:
             with owned:
-                report = runner.send_edition(
+                # On Celery the thread only freezes the audience and queues the
+                # send; the workers suppress the rejected addresses at its end.
+                report = queue.send(
                     web.sessions,
                     settings=web.settings,
                     edition_id=edition_id,
                     provider=provider,
                     secondary=secondary,
                     stop=stop,
+                    wait=web.settings.queue.backend == "inline",
                 )
             # What follows every send (as the CLI's): rejected addresses are suppressed.
             with transaction(web.sessions) as session:

@@ -1,0 +1,2 @@
+"""The Celery face: the send task workers run (``newsletter worker``) and what
+operators ask of the cluster (``newsletter workers``)."""
