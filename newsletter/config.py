@@ -113,9 +113,19 @@ class SiteSettings(_Section):
 
 
 class DatabaseSettings(_Section):
-    """SQLAlchemy URL; a relative SQLite path is relative to the config file."""
+    """SQLAlchemy URL; a relative SQLite path is relative to the config file.
+
+    The pool is per process (each web node, worker and sender has its own): size it
+    so processes x (pool_size + max_overflow) stays under PostgreSQL's
+    max_connections. Unset, pool_size is what the process needs (web.threads for
+    the web, 5 otherwise)."""
 
     url: str = "sqlite:///var/newsletter.db"
+    pool_size: int | None = Field(default=None, ge=1, le=200)
+    max_overflow: int = Field(default=5, ge=0, le=200)
+    # Connections older than this are replaced, and each is tested before use, so a
+    # restarted PostgreSQL or a proxy's idle cut costs a reconnect, not an error.
+    pool_recycle_seconds: int = Field(default=1800, ge=30)
 
 
 class SendGridSettings(_Section):

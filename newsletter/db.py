@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from newsletter.config import Settings
 from newsletter.errors import ConfigError, InputError, NewsletterError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -96,6 +97,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         _WRITERS[engine] = threading.RLock()
     return engine
+
+
+def open_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
+    """The engine of ``settings.database``, with this process's pool: ``pool_size``
+    is what the caller needs when ``database.pool_size`` does not say."""
+    d, url = settings.database, settings.database_url
+    if ":memory:" in url:  # one connection per thread: no pool to size
+        return make_engine(url)
+    options: dict[str, Any] = {
+        "pool_size": d.pool_size or pool_size or 5,
+        "max_overflow": d.max_overflow,
+    }
+    if not url.startswith("sqlite"):
+        options.update(pool_pre_ping=True, pool_recycle=d.pool_recycle_seconds)
+    return make_engine(url, **options)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -109,3 +109,18 @@ def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
     s = load_settings(cfg)
     assert s.database_url == f"sqlite:///{tmp_path / 'sub' / 'data' / 'n.db'}"
     assert s.outbox_path == tmp_path / "sub" / "mail"
+
+
+def test_the_broker_url_comes_from_the_environment_and_never_shows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_QUEUE__BROKER_URL", "redis://:s3cret-broker-pw@10.0.0.5:6379/2")
+    monkeypatch.setenv("NEWSLETTER_QUEUE__BACKEND", "celery")
+    monkeypatch.setenv("NEWSLETTER_DATABASE__URL", "postgresql+psycopg://app@db.internal/news")
+    settings = load_settings(ROOT / "config.toml")
+    assert settings.queue.backend == "celery"
+    assert settings.queue.broker_url.get_secret_value().endswith("@10.0.0.5:6379/2")
+    assert "s3cret-broker-pw" not in repr(settings) + str(settings.queue)
+    from newsletter.delivery.queue import safe_url
+
+    assert "s3cret-broker-pw" not in safe_url(settings.queue.broker_url.get_secret_value())

@@ -7,8 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.pool import QueuePool
 
 from newsletter import db
+from newsletter.config import load_settings
 from newsletter.models import Subscriber
 
 
@@ -74,4 +76,19 @@ def test_a_transaction_inside_another_on_the_same_thread_does_not_wait_for_itsel
         outer.add(Subscriber(email="a@example.org"))
         with db.transaction(sessions) as inner:  # reads only: SQLite lets it
             assert inner.scalar(select(func.count()).select_from(Subscriber)) == 0
+    engine.dispose()
+
+
+def test_each_process_sizes_its_own_pool(tmp_path: Path) -> None:
+    from tests.conftest import write_config
+
+    cfg = write_config(tmp_path / "config.toml", f"sqlite:///{tmp_path / 'n.db'}")
+    settings = load_settings(cfg)
+    engine = db.open_engine(settings, pool_size=8)  # what the web asks for (web.threads)
+    assert isinstance(engine.pool, QueuePool) and engine.pool.size() == 8
+    engine.dispose()
+    cfg.write_text(cfg.read_text().replace("[delivery]", "pool_size = 3\n\n[delivery]", 1))
+    settings = load_settings(cfg)
+    engine = db.open_engine(settings, pool_size=8)
+    assert isinstance(engine.pool, QueuePool) and engine.pool.size() == 3  # the setting wins
     engine.dispose()

@@ -64,7 +64,7 @@ class App:
 
     @cached_property
     def engine(self) -> Engine:
-        return db.make_engine(self.settings.database_url)
+        return db.open_engine(self.settings)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

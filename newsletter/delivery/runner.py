@@ -306,7 +306,7 @@ def _start_helper_processes(
 
 def _helper_process(settings: Settings, edition_id: int, wait: bool) -> None:
     """Entry point of a helper runner process: its own engine, provider and threads."""
-    from newsletter.db import make_engine, session_factory
+    from newsletter.db import open_engine, session_factory
     from newsletter.delivery.providers import open_providers
 
     logging.basicConfig(
@@ -316,7 +316,7 @@ def _helper_process(settings: Settings, edition_id: int, wait: bool) -> None:
     single = settings.model_copy(
         update={"delivery": settings.delivery.model_copy(update={"processes": 1})}
     )
-    engine = make_engine(single.database_url)
+    engine = open_engine(single)
     try:
         with open_providers(single) as (provider, secondary):
             send_edition(

@@ -230,7 +230,7 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("edition_id", "subscriber_id"),
-        Index("ix_deliveries_edition_status", "edition_id", "status"),
+        Index("ix_deliveries_edition_status_id", "edition_id", "status", "id"),
         Index("ix_deliveries_email", "email"),
     )
 

@@ -50,7 +50,7 @@ Providers = Callable[[Settings], AbstractContextManager[tuple[Provider, Provider
 def create_app(settings: Settings, *, providers: Providers = open_providers) -> FastAPI:
     """The ASGI app for ``settings``; the database must be initialised."""
     threads = settings.web.threads
-    engine = db.make_engine(settings.database_url, pool_size=threads, max_overflow=threads)
+    engine = db.open_engine(settings, pool_size=threads)
     db.check_schema(engine)
     sessions = db.session_factory(engine)
     web = WebState(

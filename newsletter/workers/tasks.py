@@ -36,7 +36,7 @@ _ENGINES: dict[int, tuple[Engine, sessionmaker[Session]]] = {}
 def _sessions(settings: Settings) -> sessionmaker[Session]:
     pid = os.getpid()
     if pid not in _ENGINES:
-        engine = db.make_engine(settings.database_url)
+        engine = db.open_engine(settings)
         _ENGINES[pid] = (engine, db.session_factory(engine))
     return _ENGINES[pid][1]
 
