@@ -22,6 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -108,11 +109,16 @@ class Cluster:
         db.upgrade(self.engine)
         self.sessions: sessionmaker[Session] = db.session_factory(self.engine)
 
-    def edition(self, readers: int = READERS) -> int:
+    def edition(self, readers: int = READERS, *, day: date | None = None) -> int:
+        """An edition of a new story, to ``readers`` more subscribers (0: the same)."""
         with self.sessions.begin() as s:
-            factories.subscribers(s, readers)
+            if readers:
+                factories.subscribers(s, readers)
             factories.story(s)
-            return editions.build_edition(s, settings=self.settings, slug="daily-briefing")[0].id
+            built = editions.build_edition(
+                s, settings=self.settings, slug="daily-briefing", issue_date=day
+            )
+            return built[0].id
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "newsletter", *args]
@@ -142,10 +148,10 @@ class Cluster:
         text = (self.root / f"{name}.log").read_text()
         return sum(int(n) for n in re.findall(r"edition \d+: sent (\d+),", text))
 
-    def send(self, edition_id: int) -> subprocess.Popen[str]:
+    def send(self, edition_id: int, **env: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             self.command("send", "--edition", str(edition_id)),
-            env=self.env,
+            env={**self.env, **env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -316,6 +322,31 @@ def test_two_sends_of_one_edition_at_once_reach_everyone_once(
     # Both print the same whole-edition figures an inline send prints.
     for _, out, _ in results:
         assert re.search(r"sent in total\s*│\s*1000", out), out
+
+
+@pytest.mark.slow
+def test_a_send_through_the_workers_reports_what_an_inline_send_reports(
+    cluster: Callable[[str], Cluster],
+) -> None:
+    c = cluster(_broker("redis"))
+    inline = c.edition(500)
+    queued = c.edition(0, day=date.today() + timedelta(days=1))
+    c.worker("w1")
+    c.worker("w2")
+    results = [
+        _finish(c.send(inline, NEWSLETTER_QUEUE__BACKEND="inline")),
+        _finish(c.send(queued)),
+    ]
+
+    def table(out: str, edition_id: int) -> str:
+        start = out.index(f"edition {edition_id} (daily-briefing)")
+        lines = out[start:].splitlines()
+        return "\n".join(lines[1:]).split(f"edition {edition_id} delivered in")[0]
+
+    assert [code for code, _, _ in results] == [0, 0], results
+    assert table(results[0][1], inline) == table(results[1][1], queued)
+    assert "│ 500" in table(results[1][1], queued)
+    assert c.sent_by("w1") + c.sent_by("w2") == 500  # the workers sent the second one
 
 
 def test_celery_on_sqlite_is_refused_in_one_line(tmp_path: Path) -> None:
