@@ -26,13 +26,16 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import db
 from newsletter.config import load_settings
 from newsletter.content import editions
-from newsletter.models import Delivery, DeliveryStatus
+from newsletter.models import Delivery, DeliveryStatus, StaffRole
+from newsletter.staff import api_tokens
+from newsletter.web.app import create_app
 from tests import factories
 from tests.conftest import PG_ENV, _reset_postgres, write_config
 from tests.sendgrid_server import SendGridServer
@@ -347,6 +350,36 @@ def test_a_send_through_the_workers_reports_what_an_inline_send_reports(
     assert table(results[0][1], inline) == table(results[1][1], queued)
     assert "│ 500" in table(results[1][1], queued)
     assert c.sent_by("w1") + c.sent_by("w2") == 500  # the workers sent the second one
+
+
+@pytest.mark.slow
+def test_the_api_sends_through_the_workers(
+    cluster: Callable[[str], Cluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`POST /api/v1/editions/N/send` (the console's "send now" is the same service)
+    freezes and queues; a worker sends; the edition's figures say so on any node."""
+    c = cluster(_broker("redis"))
+    edition_id = c.edition(300)
+    c.worker("w1")
+    for key, value in c.env.items():
+        if key.startswith("NEWSLETTER_"):
+            monkeypatch.setenv(key, value)
+    settings = load_settings(c.config)
+    with c.sessions.begin() as s:
+        _, token = api_tokens.create(s, name="cms", role=StaffRole.EDITOR)
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(settings)) as node_a, TestClient(create_app(settings)) as node_b:
+        started = node_a.post(f"/api/v1/editions/{edition_id}/send", headers=auth)
+        assert started.status_code == 202, started.text
+        assert started.json()["audience"] == 300
+
+        def sent() -> bool:
+            figures = node_b.get(f"/api/v1/editions/{edition_id}", headers=auth).json()
+            return bool(figures["status"] == "sent" and figures["sent"] == 300)
+
+        wait_until(sent, timeout=60, what="the edition sent by the worker")
+    assert c.sent_by("w1") == 300
+    assert max(_copies(c.server).values()) == 1
 
 
 def test_celery_on_sqlite_is_refused_in_one_line(tmp_path: Path) -> None:
