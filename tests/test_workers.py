@@ -27,13 +27,17 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import db
-from newsletter.config import load_settings
+from newsletter.config import Settings, load_settings
 from newsletter.content import editions
-from newsletter.models import Delivery, DeliveryStatus, StaffRole
+from newsletter.delivery import queue
+from newsletter.delivery.providers.files import OutboxProvider
+from newsletter.errors import QueueError
+from newsletter.models import Delivery, DeliveryStatus, Edition, StaffRole, utcnow
 from newsletter.staff import api_tokens
 from newsletter.web.app import create_app
 from tests import factories
@@ -380,6 +384,55 @@ def test_the_api_sends_through_the_workers(
         wait_until(sent, timeout=60, what="the edition sent by the worker")
     assert c.sent_by("w1") == 300
     assert max(_copies(c.server).values()) == 1
+
+
+def test_a_tick_while_workers_hold_batches_queues_nothing_more(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """The scheduler's dispatcher asks every minute; while a worker holds a batch of
+    the edition the answer is "on it", without touching the broker (none listens)."""
+    celery = settings.model_copy(
+        update={
+            "queue": settings.queue.model_copy(
+                update={"backend": "celery", "broker_url": SecretStr("redis://127.0.0.1:9/0")}
+            )
+        }
+    )
+    now = utcnow()
+    with sessions.begin() as s:
+        edition = Edition(
+            newsletter="daily-briefing", issue_date=now.date(), subject="Hi", status="sending"
+        )
+        s.add(edition)
+        s.flush()
+        s.add(
+            Delivery(
+                edition_id=edition.id,
+                email="held@example.org",
+                name="",
+                subscriber_key="k" * 32,
+                status=DeliveryStatus.SENDING,
+                lease_expires_at=now + timedelta(minutes=5),
+            )
+        )
+        edition_id = edition.id
+    report = queue.send(
+        sessions,
+        settings=celery,
+        edition_id=edition_id,
+        provider=OutboxProvider(settings.outbox_path),
+        wait=False,
+    )
+    assert report.counts[DeliveryStatus.SENDING] == 1 and report.newly_queued == 0
+    with pytest.raises(QueueError, match="does not answer"):  # with nobody on it: the broker
+        queue.send(
+            sessions,
+            settings=celery,
+            edition_id=edition_id,
+            provider=OutboxProvider(settings.outbox_path),
+            wait=False,
+            clock=lambda: now + timedelta(minutes=10),
+        )
 
 
 def test_celery_on_sqlite_is_refused_in_one_line(tmp_path: Path) -> None:

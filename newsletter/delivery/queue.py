@@ -223,7 +223,8 @@ def send(
 
     Inline, ``wait`` is send_edition's (wait for retries and later waves). On Celery,
     with ``wait`` this returns when the workers are done with the edition; without,
-    as soon as the tasks are queued (the report then holds the ledger as it stands).
+    as soon as the tasks are queued (the report then holds the ledger as it stands),
+    and at once, queueing nothing, while workers hold batches of the edition.
     ``stop`` ends an inline run after its batch in flight (workers stop on their own).
     """
     if settings.queue.backend == "inline":
@@ -238,6 +239,16 @@ def send(
             wait=wait,
             stop=stop,
         )
+    if not wait:
+        with transaction(sessions) as session:
+            lease = log.next_lease_expiry(session, edition_id=edition_id)
+            if lease is not None and lease > clock():
+                # Workers hold batches of it now: the scheduler's every-minute tick
+                # would only pile more tasks behind them.
+                edition = session.get_one(Edition, edition_id)
+                report = runner.SendReport(edition_id, edition.newsletter)
+                report.summary = log.summary(session, edition_id=edition_id)
+                return report
     report, before = _hand_off(
         sessions,
         settings=settings,

@@ -304,6 +304,13 @@ def _start_helper_processes(
     return helpers
 
 
+def one_process(settings: Settings) -> Settings:
+    """``settings`` for a runner that starts no helper processes of its own."""
+    return settings.model_copy(
+        update={"delivery": settings.delivery.model_copy(update={"processes": 1})}
+    )
+
+
 def _helper_process(settings: Settings, edition_id: int, wait: bool) -> None:
     """Entry point of a helper runner process: its own engine, provider and threads."""
     from newsletter.db import open_engine, session_factory
@@ -313,9 +320,7 @@ def _helper_process(settings: Settings, edition_id: int, wait: bool) -> None:
         level=settings.service.log_level,
         format="%(asctime)s %(levelname)s %(processName)s: %(message)s",
     )
-    single = settings.model_copy(
-        update={"delivery": settings.delivery.model_copy(update={"processes": 1})}
-    )
+    single = one_process(settings)
     engine = open_engine(single)
     try:
         with open_providers(single) as (provider, secondary):

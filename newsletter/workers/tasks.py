@@ -45,9 +45,7 @@ def run_send(app: Celery, settings: Settings, edition_id: int) -> dict[str, Any]
     """The task's body: send what can be sent now and soon; queue a task for rows due
     later than ``queue.wait_seconds``; what it did, for the worker's log."""
     sessions = _sessions(settings)
-    single = settings.model_copy(
-        update={"delivery": settings.delivery.model_copy(update={"processes": 1})}
-    )
+    single = runner.one_process(settings)  # a worker is one process: run more workers
     try:
         with open_providers(single) as (provider, secondary):
             report = runner.send_edition(
