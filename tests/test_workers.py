@@ -37,7 +37,15 @@ from newsletter.content import editions
 from newsletter.delivery import queue
 from newsletter.delivery.providers.files import OutboxProvider
 from newsletter.errors import QueueError
-from newsletter.models import Delivery, DeliveryStatus, Edition, StaffRole, utcnow
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Edition,
+    SendSource,
+    StaffRole,
+    utcnow,
+)
+from newsletter.schedule import records
 from newsletter.staff import api_tokens
 from newsletter.web.app import create_app
 from tests import factories
@@ -151,9 +159,18 @@ class Cluster:
         return proc
 
     def sent_by(self, name: str) -> int:
-        """Recipients the worker's runs say they sent."""
+        """Recipients the worker's runs say they sent (a run logs it as it ends, just
+        after its last batch is in the ledger: see :meth:`wait_sent`)."""
         text = (self.root / f"{name}.log").read_text()
         return sum(int(n) for n in re.findall(r"edition \d+: sent (\d+),", text))
+
+    def wait_sent(self, names: tuple[str, ...], condition: Callable[[int], bool]) -> None:
+        """Wait until the runs of these workers have logged a total that satisfies it."""
+
+        def logged() -> bool:
+            return condition(sum(self.sent_by(n) for n in names))
+
+        wait_until(logged, timeout=30, what=f"the runs of {', '.join(names)} to log")
 
     def send(self, edition_id: int, **env: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -243,7 +260,7 @@ def test_a_worker_killed_mid_send_loses_nobody(
     # its provider call was answered, but the worker died before recording it.
     assert len(twice) <= BATCH
     assert all(copies[d] == 2 and attempts[d] == 1 for d in twice)
-    assert c.sent_by("w2") > 0
+    c.wait_sent(("w2",), lambda n: n > 0)
 
 
 @pytest.mark.slow
@@ -306,7 +323,7 @@ def test_the_broker_restarted_mid_send_and_a_late_worker(
     assert c.ledger() == {DeliveryStatus.SENT: READERS}
     copies = _copies(c.server)
     assert len(copies) == READERS and max(copies.values()) == 1  # nobody was killed
-    assert c.sent_by("w2") > 0, "the late worker took a share"
+    c.wait_sent(("w2",), lambda n: n > 0)  # the late worker took a share
     assert listing.returncode == 0, listing.stdout + listing.stderr
     assert listing.stdout.count("newsletter-") == 2
 
@@ -353,7 +370,7 @@ def test_a_send_through_the_workers_reports_what_an_inline_send_reports(
     assert [code for code, _, _ in results] == [0, 0], results
     assert table(results[0][1], inline) == table(results[1][1], queued)
     assert "│ 500" in table(results[1][1], queued)
-    assert c.sent_by("w1") + c.sent_by("w2") == 500  # the workers sent the second one
+    c.wait_sent(("w1", "w2"), lambda n: n == 500)  # the workers sent the second one
 
 
 @pytest.mark.slow
@@ -382,8 +399,39 @@ def test_the_api_sends_through_the_workers(
             return bool(figures["status"] == "sent" and figures["sent"] == 300)
 
         wait_until(sent, timeout=60, what="the edition sent by the worker")
-    assert c.sent_by("w1") == 300
+    c.wait_sent(("w1",), lambda n: n == 300)
     assert max(_copies(c.server).values()) == 1
+
+
+@pytest.mark.slow
+def test_the_scheduler_queues_a_due_send_for_the_workers(
+    cluster: Callable[[str], Cluster],
+) -> None:
+    """`newsletter scheduler --once` starts the due send by queueing it, and is done;
+    the worker sends it."""
+    c = cluster(_broker("redis"))
+    edition_id = c.edition(400)
+    with c.sessions.begin() as s:
+        records.schedule_send(
+            s,
+            newsletter="daily-briefing",
+            send_at=utcnow() - timedelta(seconds=1),
+            source=SendSource.AT,
+            edition_id=edition_id,
+        )
+    c.worker("w1")
+    ticked = subprocess.run(
+        c.command("scheduler", "--once"),
+        env=c.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ticked.returncode == 0, ticked.stdout + ticked.stderr
+    assert "queued for the workers" in ticked.stderr
+    c.wait_sent(("w1",), lambda n: n == 400)
+    assert c.ledger() == {DeliveryStatus.SENT: 400}
 
 
 def test_a_tick_while_workers_hold_batches_queues_nothing_more(
