@@ -434,6 +434,21 @@ def test_the_scheduler_queues_a_due_send_for_the_workers(
     assert c.ledger() == {DeliveryStatus.SENT: 400}
 
 
+def test_a_send_with_no_worker_says_so_and_goes_when_one_starts(
+    cluster: Callable[[str], Cluster],
+) -> None:
+    c = cluster(_broker("redis"))
+    edition_id = c.edition(50)
+    sending = c.send(edition_id)
+    time.sleep(2.5)  # queued; nobody takes it
+    assert sending.poll() is None and c.ledger() == {DeliveryStatus.QUEUED: 50}
+    c.worker("w1")
+    code, out, err = _finish(sending)
+    assert code == 0, out + err
+    assert "no worker answered" in err
+    assert c.ledger() == {DeliveryStatus.SENT: 50}
+
+
 def test_a_tick_while_workers_hold_batches_queues_nothing_more(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:

@@ -157,6 +157,19 @@ def _hand_off(
     return report, before
 
 
+def _warn_without_workers(settings: Settings) -> None:
+    """Say so when no worker answers: the send would wait for one in silence."""
+    try:
+        answered = celery_app(settings).control.ping(timeout=1.0, limit=1)
+    except Exception:  # the broker was there a moment ago; the wait will tell
+        return
+    if not answered:
+        logger.warning(
+            "no worker answered: the send is queued and starts when one runs "
+            "(newsletter worker)"
+        )
+
+
 def _over(session: Session, edition_id: int) -> tuple[bool, str | None]:
     """Whether the workers are done with the edition, and why they stopped early."""
     edition = session.get_one(Edition, edition_id, populate_existing=True)
@@ -258,6 +271,7 @@ def send(
         clock=clock,
     )
     if wait:
+        _warn_without_workers(settings)
         return wait_for(sessions, report, before, progress=progress)
     with transaction(sessions) as session:
         report.summary = log.summary(session, edition_id=edition_id)
