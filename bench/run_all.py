@@ -27,6 +27,7 @@ FULL: list[list[str]] = [
     ["events_bench.py"],
     ["web_bench.py"],
     ["log_bench.py"],
+    ["worker_bench.py"],
 ]
 QUICK: list[list[str]] = [
     ["compose_bench.py", "--runs", "50", "--recipients", "2000"],
@@ -37,6 +38,7 @@ QUICK: list[list[str]] = [
     ["events_bench.py", "--events", "10000"],
     ["web_bench.py", "--subscribers", "5000", "--seconds", "3"],
     ["log_bench.py", "--rows", "100000", "--n", "50"],
+    ["worker_bench.py", "--subscribers", "50000"],
 ]
 
 

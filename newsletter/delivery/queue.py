@@ -30,7 +30,7 @@ from newsletter.db import transaction
 from newsletter.delivery import log, pacing, registry, runner, sender
 from newsletter.delivery.providers.base import Provider
 from newsletter.errors import QueueError
-from newsletter.models import DeliveryStatus, Edition, EditionStatus, utcnow
+from newsletter.models import ACCEPTED, DeliveryStatus, Edition, EditionStatus, utcnow
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -39,8 +39,9 @@ logger = logging.getLogger(__name__)
 
 #: The task the workers register (newsletter.workers) and senders queue by name.
 SEND_TASK = "newsletter.send_edition"
-#: How often a waiting caller reads the ledger.
+#: How often a waiting caller asks whether the workers are done, and counts for progress.
 WAIT_POLL_SECONDS = 0.5
+PROGRESS_SECONDS = 5.0
 _OVER = (EditionStatus.SENT, EditionStatus.PAUSED, EditionStatus.CANCELLED)
 
 
@@ -165,8 +166,7 @@ def _warn_without_workers(settings: Settings) -> None:
         return
     if not answered:
         logger.warning(
-            "no worker answered: the send is queued and starts when one runs "
-            "(newsletter worker)"
+            "no worker answered: the send is queued and starts when one runs (newsletter worker)"
         )
 
 
@@ -190,21 +190,36 @@ def wait_for(
     sleep: Callable[[float], None] = time.sleep,
 ) -> runner.SendReport:
     """Read the ledger until the workers are done with the edition; fill ``report``
-    with what happened since ``before`` (the figures an inline run reports)."""
+    with what happened since ``before`` (the figures an inline run reports).
+
+    Whether they are done is two indexed lookups, asked often; the counts (a scan
+    of the edition's rows: ~150 ms on a million on PostgreSQL) only every few
+    seconds for ``progress``, and once at the end."""
     started = time.monotonic()
     eid = report.edition_id
-    handled = before.counts[DeliveryStatus.SENT] + before.counts[DeliveryStatus.FAILED]
+    handled = before.accepted + before.counts[DeliveryStatus.FAILED]
+    counted = time.monotonic()
     while True:
         with transaction(sessions) as session:
             over, stopped = _over(session, eid)
-            summary = log.summary(session, edition_id=eid)
-        now_handled = summary.accepted + summary.counts[DeliveryStatus.FAILED]
-        if progress is not None and now_handled > handled:
-            progress(now_handled - handled, summary.audience)
-            handled = now_handled
         if over:
             break
+        if progress is not None and time.monotonic() - counted >= PROGRESS_SECONDS:
+            counted = time.monotonic()
+            with transaction(sessions) as session:
+                counts = log.stats(session, edition_id=eid)
+            now_handled = sum(counts[s] for s in ACCEPTED) + counts[DeliveryStatus.FAILED]
+            if now_handled > handled:
+                progress(now_handled - handled, sum(counts.values()))
+                handled = now_handled
         sleep(WAIT_POLL_SECONDS)
+    with transaction(sessions) as session:
+        summary = log.summary(session, edition_id=eid)
+    if progress is not None:
+        progress(
+            max(summary.accepted + summary.counts[DeliveryStatus.FAILED] - handled, 0),
+            summary.audience,
+        )
     report.summary = summary
     report.sent = max(summary.accepted - before.accepted, 0)
     failed_before = before.counts[DeliveryStatus.FAILED]

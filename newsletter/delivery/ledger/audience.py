@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Select, func, insert, literal, select
+from sqlalchemy import Select, func, literal, select, true
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from newsletter.delivery.ledger.states import DELIVERIES
@@ -56,11 +57,6 @@ def freeze_audience(
     number of rows created.
     """
     src = audience_query(slug).subquery()
-    already = (
-        select(Delivery.id)
-        .where(Delivery.edition_id == edition_id, Delivery.subscriber_id == src.c.id)
-        .exists()
-    )
     rows = select(
         literal(edition_id),
         src.c.id,
@@ -73,8 +69,10 @@ def freeze_audience(
         literal(retry_until, Delivery.retry_until.type),
         literal(now, Delivery.created_at.type),
         literal(now, Delivery.updated_at.type),
-    ).where(~already)
-    stmt = insert(DELIVERIES).from_select(
+    ).where(true())  # SQLite needs a WHERE before ON CONFLICT to parse INSERT … SELECT
+    dialect = session.get_bind().dialect.name
+    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = make(DELIVERIES).from_select(
         [
             "edition_id",
             "subscriber_id",
@@ -90,6 +88,10 @@ def freeze_audience(
         ],
         rows,
     )
+    # Subscribers who already have a row are skipped by the unique (edition,
+    # subscriber) index, not by a NOT EXISTS: PostgreSQL plans that as a scan of
+    # deliveries per subscriber when its statistics say the table is empty.
+    stmt = stmt.on_conflict_do_nothing(index_elements=["edition_id", "subscriber_id"])
     # Counted, not taken from rowcount: psycopg reports -1 for INSERT … SELECT.
     before = _count(session, edition_id)
     session.connection().execute(stmt)
