@@ -143,12 +143,14 @@ def _hand_off(
     )
     with transaction(sessions) as session:
         registry.unregister(session, identity=send.runner)
-    enqueue(app, settings, edition_id)
-    logger.info(
-        "edition %s: queued for the workers (%d tasks)",
-        edition_id,
-        settings.queue.tasks_per_send,
-    )
+        left = log.has_open(session, edition_id=edition_id)
+    if left:
+        enqueue(app, settings, edition_id)
+        logger.info(
+            "edition %s: queued for the workers (%d tasks)",
+            edition_id,
+            settings.queue.tasks_per_send,
+        )
     report = runner.SendReport(
         edition_id,
         send.prepared.newsletter,
@@ -195,7 +197,6 @@ def wait_for(
     Whether they are done is two indexed lookups, asked often; the counts (a scan
     of the edition's rows: ~150 ms on a million on PostgreSQL) only every few
     seconds for ``progress``, and once at the end."""
-    started = time.monotonic()
     eid = report.edition_id
     handled = before.accepted + before.counts[DeliveryStatus.FAILED]
     counted = time.monotonic()
@@ -230,7 +231,6 @@ def wait_for(
         report.outage, report.stopped = True, stopped.removeprefix(pacing.OUTAGE)
     else:
         report.stopped = stopped
-    report.elapsed = time.monotonic() - started
     return report
 
 
@@ -277,6 +277,7 @@ def send(
                 report = runner.SendReport(edition_id, edition.newsletter)
                 report.summary = log.summary(session, edition_id=edition_id)
                 return report
+    started = time.monotonic()
     report, before = _hand_off(
         sessions,
         settings=settings,
@@ -287,7 +288,9 @@ def send(
     )
     if wait:
         _warn_without_workers(settings)
-        return wait_for(sessions, report, before, progress=progress)
-    with transaction(sessions) as session:
-        report.summary = log.summary(session, edition_id=edition_id)
+        wait_for(sessions, report, before, progress=progress)
+    else:
+        with transaction(sessions) as session:
+            report.summary = log.summary(session, edition_id=edition_id)
+    report.elapsed = time.monotonic() - started  # from the freeze, as inline
     return report
