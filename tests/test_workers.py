@@ -264,6 +264,31 @@ def test_a_worker_killed_mid_send_loses_nobody(
 
 
 @pytest.mark.slow
+def test_a_worker_stopped_with_sigterm_finishes_its_batch_and_hands_the_send_back(
+    cluster: Callable[[str], Cluster],
+) -> None:
+    """What systemd's stop does: the worker ends after its batch in flight (nobody
+    uncertain) instead of taking the next task; a worker started later finishes."""
+    c = cluster(_broker("redis"))
+    edition_id = c.edition()
+    c.worker("w1")
+    sending = c.send(edition_id)
+    c.wait_for_attempts(8, sending)
+    c.procs["w1"].send_signal(signal.SIGTERM)
+    assert c.procs["w1"].wait(timeout=30) == 0
+    counts = c.ledger()
+    assert (
+        counts.get(DeliveryStatus.UNCERTAIN, 0) == 0 and counts.get(DeliveryStatus.SENDING, 0) == 0
+    )
+    assert 0 < counts.get(DeliveryStatus.SENT, 0) < READERS
+    c.worker("w2")
+    code, out, err = _finish(sending)
+    assert code == 0, out + err
+    assert c.ledger() == {DeliveryStatus.SENT: READERS}
+    assert max(_copies(c.server).values()) == 1
+
+
+@pytest.mark.slow
 def test_the_broker_restarted_mid_send_and_a_late_worker(
     cluster: Callable[[str], Cluster], tmp_path: Path
 ) -> None:

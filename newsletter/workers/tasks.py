@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
@@ -63,6 +64,15 @@ def run_send(app: Celery, settings: Settings, edition_id: int) -> dict[str, Any]
     except NewsletterError as exc:
         logger.error("edition %s: the send stopped: %s", edition_id, exc)
         return {"edition": edition_id, "error": exc.code}
+    if report.stopped == "interrupted":
+        # SIGTERM or Ctrl-C reached the send's own handler, which stopped it after the
+        # batch in flight: hand the edition back to the queue, then let Celery's own
+        # (restored) handler hear it and shut the worker down instead of taking the
+        # next task.
+        queue.enqueue(app, settings, edition_id, copies=1)
+        logger.warning("edition %s: stopped by a signal; queued again", edition_id)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return {"edition": edition_id, "sent": report.sent, "stopped": report.stopped}
     if report.later is not None and not report.stopped:
         queue.enqueue(app, settings, edition_id, copies=1, eta=report.later)
         logger.info("edition %s: rows due at %s, queued for then", edition_id, report.later)
