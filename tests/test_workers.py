@@ -138,13 +138,14 @@ class Cluster:
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "newsletter", *args]
 
-    def worker(self, name: str) -> subprocess.Popen[bytes]:
-        """Start `newsletter worker`; returns once it says it is ready."""
+    def worker(self, name: str, *, without: str = "") -> subprocess.Popen[bytes]:
+        """Start `newsletter worker` (``without`` one variable of the environment);
+        returns once it says it is ready."""
         log = self.root / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 self.command("worker"),
-                env=self.env,
+                env={k: v for k, v in self.env.items() if k != without},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -472,6 +473,25 @@ def test_a_send_with_no_worker_says_so_and_goes_when_one_starts(
     assert code == 0, out + err
     assert "no worker answered" in err
     assert c.ledger() == {DeliveryStatus.SENT: 50}
+
+
+def test_a_worker_that_cannot_send_stops_the_send_with_its_reason(
+    cluster: Callable[[str], Cluster],
+) -> None:
+    """A worker whose machine lacks the provider's key: the waiting `send` ends with
+    that reason (exit 1) instead of waiting forever; nobody is failed or lost."""
+    c = cluster(_broker("redis"))
+    edition_id = c.edition(30)
+    c.worker("w1", without="NEWSLETTER_SENDGRID_API_KEY")
+    code, out, err = _finish(c.send(edition_id), timeout=60)
+    assert code == 1, out + err
+    assert "cannot send" in out and "NEWSLETTER_SENDGRID_API_KEY" in out
+    assert c.ledger() == {DeliveryStatus.QUEUED: 30}
+    c.procs["w1"].kill()
+    c.worker("w2")  # fixed: a new send command clears the stop
+    code, out, err = _finish(c.send(edition_id))
+    assert code == 0, out + err
+    assert c.ledger() == {DeliveryStatus.SENT: 30}
 
 
 def test_a_tick_while_workers_hold_batches_queues_nothing_more(

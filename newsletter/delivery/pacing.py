@@ -69,6 +69,15 @@ def open_state(session: Session, *, edition_id: int, provider: str, fresh: bool)
     return state
 
 
+def halt(session: Session, *, edition_id: int, provider: str, reason: str) -> None:
+    """Stop the send for every runner, leaving its rows as they are (queued rows stay
+    queued): a runner cannot work at all, which is no recipient's fault. A new send
+    command clears it (``open_state(fresh=True)``)."""
+    state = open_state(session, edition_id=edition_id, provider=provider, fresh=False)
+    state.stopped = reason
+    log.error("edition %s: send stopped: %s", edition_id, reason)
+
+
 def _locked(session: Session, edition_id: int, now: datetime) -> SendState | None:
     session.execute(
         update(SendState)

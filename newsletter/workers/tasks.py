@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
@@ -20,9 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import db
 from newsletter.config import Settings
-from newsletter.delivery import log, queue, runner
+from newsletter.delivery import log, pacing, queue, runner
 from newsletter.delivery.providers import open_providers
-from newsletter.errors import NewsletterError, StateError
+from newsletter.errors import NewsletterError, ProviderConfigError, StateError
 from newsletter.events.ingest import rejections
 
 if TYPE_CHECKING:
@@ -61,6 +62,17 @@ def run_send(app: Celery, settings: Settings, edition_id: int) -> dict[str, Any]
     except StateError as exc:  # held, paused or cancelled since it was queued
         logger.info("edition %s: nothing to send: %s", edition_id, exc)
         return {"edition": edition_id, "skipped": exc.code}
+    except ProviderConfigError as exc:
+        # This worker cannot send at all (a missing key, a refused login): stop the
+        # send for everyone, with the reason, rather than leave its waiter hanging.
+        with db.transaction(sessions) as session:
+            pacing.halt(
+                session,
+                edition_id=edition_id,
+                provider=settings.delivery.provider,
+                reason=f"a worker on {socket.gethostname()} cannot send: {exc}",
+            )
+        return {"edition": edition_id, "error": exc.code}
     except NewsletterError as exc:
         logger.error("edition %s: the send stopped: %s", edition_id, exc)
         return {"edition": edition_id, "error": exc.code}
