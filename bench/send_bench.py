@@ -25,7 +25,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Engine, func, insert, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -81,11 +81,8 @@ def make_config(tmp: Path, url: str, concurrency: int, processes: int = 1) -> Pa
     return cfg
 
 
-def seed(cfg: Path, subscribers: int) -> int:
-    """Insert the audience in bulk and build an edition; returns its id."""
-    settings = load_settings(cfg)
-    engine = db.make_engine(settings.database_url)
-    db.upgrade(engine)
+def insert_audience(engine: Engine, subscribers: int) -> None:
+    """``subscribers`` confirmed readers of daily-briefing, in bulk (not timed)."""
     now = utcnow()
     with engine.begin() as conn:
         for start in range(0, subscribers, CHUNK):
@@ -106,6 +103,15 @@ def seed(cfg: Path, subscribers: int) -> int:
                     for i in ids
                 ],
             )  # fmt: skip
+
+
+def seed(cfg: Path, subscribers: int) -> int:
+    """Insert the audience in bulk and build an edition; returns its id."""
+    settings = load_settings(cfg)
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine)
+    insert_audience(engine, subscribers)
+    now = utcnow()
     sessions = db.session_factory(engine)
     with sessions.begin() as s:
         for n in range(8):

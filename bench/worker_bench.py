@@ -43,10 +43,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import create_engine, func, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from send_bench import insert_audience  # noqa: E402  (bench/send_bench.py)
 
 from newsletter import db  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
@@ -55,8 +57,6 @@ from newsletter.models import (  # noqa: E402
     Delivery,
     DeliveryStatus,
     Story,
-    Subscriber,
-    Subscription,
     utcnow,
 )
 from tests.conftest import write_config  # noqa: E402
@@ -124,34 +124,14 @@ def seed(cfg: Path, subscribers: int) -> None:
     """Insert the audience in bulk and a previous edition sent to all of it (the
     ledger's history), then VACUUM ANALYZE so the planner knows the tables.
 
-    The history matters on PostgreSQL: with a ``deliveries`` table the planner takes
-    for empty (a fresh database, or one VACUUM truncated), the freeze's INSERT …
-    SELECT … WHERE NOT EXISTS (deliveries) is planned as a nested-loop anti join
-    that scans ``deliveries``, growing under it, once per subscriber: quadratic
-    (see docs/benchmarks.md). Every configuration here freezes next to it."""
+    A production ledger has history; before the freeze used ON CONFLICT, its NOT
+    EXISTS went quadratic on a ``deliveries`` table the planner took for empty
+    (docs/benchmarks.md). Every configuration here freezes next to the history."""
     settings = load_settings(cfg)
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine)
+    insert_audience(engine, subscribers)
     now = utcnow()
-    with engine.begin() as conn:
-        for start in range(0, subscribers, CHUNK):
-            ids = range(start + 1, min(start + CHUNK, subscribers) + 1)
-            conn.execute(
-                insert(Subscriber),
-                [
-                    {"id": i, "email": f"reader{i}@example.com", "name": f"Reader {i}",
-                     "key": uuid.uuid4().hex, "created_at": now, "updated_at": now}
-                    for i in ids
-                ],
-            )  # fmt: skip
-            conn.execute(
-                insert(Subscription),
-                [
-                    {"subscriber_id": i, "newsletter": "daily-briefing", "status": "confirmed",
-                     "source": "bench", "created_at": now}
-                    for i in ids
-                ],
-            )  # fmt: skip
     engine.dispose()
     history = build(cfg, 99)
     engine = db.make_engine(settings.database_url)
