@@ -119,6 +119,7 @@ def enqueue(
 
 
 def _hand_off(
+    app: Celery,
     sessions: sessionmaker[Session],
     *,
     settings: Settings,
@@ -129,7 +130,6 @@ def _hand_off(
 ) -> tuple[runner.SendReport, log.Summary]:
     """Open the send as the inline runner does (checks, freeze), leave the registry
     at once, and queue the tasks; the report so far and the summary before."""
-    app = celery_app(settings)
     check_broker(app, settings)
     with transaction(sessions) as session:
         before = log.summary(session, edition_id=edition_id)
@@ -160,10 +160,10 @@ def _hand_off(
     return report, before
 
 
-def _warn_without_workers(settings: Settings) -> None:
+def _warn_without_workers(app: Celery) -> None:
     """Say so when no worker answers: the send would wait for one in silence."""
     try:
-        answered = celery_app(settings).control.ping(timeout=1.0, limit=1)
+        answered = app.control.ping(timeout=1.0, limit=1)
     except Exception:  # the broker was there a moment ago; the wait will tell
         return
     if not answered:
@@ -278,7 +278,9 @@ def send(
                 report.summary = log.summary(session, edition_id=edition_id)
                 return report
     started = time.monotonic()
+    app = celery_app(settings)
     report, before = _hand_off(
+        app,
         sessions,
         settings=settings,
         edition_id=edition_id,
@@ -287,7 +289,7 @@ def send(
         clock=clock,
     )
     if wait:
-        _warn_without_workers(settings)
+        _warn_without_workers(app)
         wait_for(sessions, report, before, progress=progress)
     else:
         with transaction(sessions) as session:
